@@ -1,0 +1,6 @@
+"""Model families. Importing this package registers every family under its `model.type` name."""
+
+from langinterp.models.base import CharModel
+from langinterp.models.registry import build_model, register, registered_types
+
+__all__ = ["CharModel", "build_model", "register", "registered_types"]
