@@ -1,0 +1,198 @@
+"""Run directories: where a training run keeps its recipe, checkpoints, metrics and samples.
+
+Layout of `runs_dir()/<name>/`:
+
+    recipe.toml             the resolved recipe (every default filled in)
+    run.json                facts about the run (see `RunInfo`), rewritten atomically as it progresses
+    checkpoints/best.ckpt   lowest validation loss so far     (neural models)
+    checkpoints/last.ckpt   end of the latest epoch, resumable (neural models)
+    model.txt               the booster in LightGBM's text format (gbm runs)
+    metrics.csv             one row per logged step / epoch
+    samples.txt             sample generations written during training
+
+A checkpoint carries the resolved recipe as plain data under `hyper_parameters`, so generation needs the
+file alone, and loads with `torch.load(weights_only=True)`: no code from a file is ever run.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from langinterp.errors import NotFoundError, UsageError
+from langinterp.paths import atomic_write, runs_dir
+from langinterp.recipe import Recipe, load_recipe, recipe_from_values
+
+CHECKPOINT_FORMAT = "langinterp/1"
+INFO_FILE = "run.json"
+RECIPE_FILE = "recipe.toml"
+BOOSTER_FILE = "model.txt"
+CHECKPOINTS = ("best", "last")
+
+
+@dataclass
+class RunInfo:
+    """What `langinterp runs` shows about a run without opening its checkpoints."""
+
+    name: str
+    recipe_name: str
+    model_type: str
+    data_kind: str
+    created: str
+    status: str = "running"
+    parameters: int = 0
+    epochs: int = 0
+    steps: int = 0
+    best_valid_bpc: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory on disk; cheap to construct, reads files only when asked."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def recipe_path(self) -> Path:
+        return self.path / RECIPE_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def samples_path(self) -> Path:
+        return self.path / "samples.txt"
+
+    @property
+    def booster_path(self) -> Path:
+        return self.path / BOOSTER_FILE
+
+    def checkpoint(self, which: str) -> Path:
+        return self.checkpoints / f"{which}.ckpt"
+
+    def info(self) -> RunInfo:
+        try:
+            raw = json.loads((self.path / INFO_FILE).read_text(encoding="utf-8"))
+            known = {f.name for f in fields(RunInfo)}
+            return RunInfo(**{key: value for key, value in raw.items() if key in known})
+        except (OSError, ValueError, TypeError) as error:
+            raise NotFoundError(f"{self.path} is not a langinterp run directory ({error})") from None
+
+    def write_info(self, info: RunInfo) -> None:
+        atomic_write(self.path / INFO_FILE, json.dumps(asdict(info), indent=2) + "\n")
+
+    def update_info(self, **changes: Any) -> RunInfo:
+        info = self.info()
+        for key, value in changes.items():
+            setattr(info, key, value)
+        self.write_info(info)
+        return info
+
+    def recipe(self) -> Recipe:
+        """The resolved recipe the run was trained with, under the recipe's own name."""
+        return Recipe(values=load_recipe(self.recipe_path).values, name=self.info().recipe_name)
+
+
+def timestamped_name(recipe_name: str, now: datetime | None = None) -> str:
+    return f"{recipe_name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+
+
+def create_run(recipe: Recipe, name: str | None = None) -> RunDir:
+    """Make a new run directory with the resolved recipe and a `running` info file."""
+    name = name or timestamped_name(recipe.name)
+    if "/" in name or name in {"", ".", ".."}:
+        raise UsageError(f"run name {name!r} must be a plain directory name")
+    path = runs_dir() / name
+    if (path / INFO_FILE).exists():
+        raise UsageError(f"run {name!r} already exists in {runs_dir()}; pick another --run-name or --resume it")
+    (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    run = RunDir(path)
+    atomic_write(run.recipe_path, recipe.to_toml())
+    run.write_info(
+        RunInfo(
+            name=name,
+            recipe_name=recipe.name,
+            model_type=recipe.model["type"],
+            data_kind=recipe.data["kind"],
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+    )
+    return run
+
+
+def list_runs() -> list[RunDir]:
+    """Every run directory, oldest first."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    runs = [RunDir(path) for path in root.iterdir() if (path / INFO_FILE).is_file()]
+    return sorted(runs, key=lambda run: (run.info().created, run.name))
+
+
+def find_run(spec: str | Path | None = None, *, data_kind: str | None = None) -> RunDir:
+    """A run by name or path; without one the newest run (of `data_kind`, when given)."""
+    if spec is None:
+        runs = [run for run in list_runs() if data_kind is None or run.info().data_kind == data_kind]
+        if not runs:
+            what = f"no {data_kind} run" if data_kind else "no run"
+            raise NotFoundError(f"{what} in {runs_dir()}; train one with `langinterp train RECIPE`")
+        return runs[-1]
+    path = Path(spec)
+    for candidate in (path, runs_dir() / str(spec)):
+        if (candidate / INFO_FILE).is_file():
+            return RunDir(candidate)
+    raise NotFoundError(f"run {str(spec)!r} not found in {runs_dir()} (`langinterp runs` lists them)")
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """The parts of a checkpoint that generation and evaluation need."""
+
+    recipe: Recipe
+    state_dict: dict[str, torch.Tensor]
+    epoch: int
+    global_step: int
+
+
+def checkpoint_hyperparameters(recipe: Recipe) -> dict[str, Any]:
+    """What the Lightning module saves as hyper-parameters: plain data, safe to load."""
+    return {"format": CHECKPOINT_FORMAT, "recipe": recipe.values, "recipe_name": recipe.name}
+
+
+def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
+    """Read a checkpoint safely (`weights_only=True`); a missing or foreign file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(f"{path} is not a readable langinterp checkpoint: {first}") from None
+    hyper = payload.get("hyper_parameters") if isinstance(payload, dict) else None
+    if not isinstance(hyper, dict) or hyper.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"{path} is not a langinterp checkpoint (no {CHECKPOINT_FORMAT} recipe inside)")
+    prefix = "model."
+    state = {key[len(prefix) :]: value for key, value in payload["state_dict"].items() if key.startswith(prefix)}
+    return LoadedCheckpoint(
+        recipe=recipe_from_values(hyper["recipe"], hyper.get("recipe_name", "recipe")),
+        state_dict=state,
+        epoch=int(payload.get("epoch", 0)),
+        global_step=int(payload.get("global_step", 0)),
+    )
