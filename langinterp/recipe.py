@@ -164,7 +164,19 @@ def _validate(raw: Mapping[str, Any], origins: _Origins) -> dict[str, Any]:
         choices = ", ".join(schema.model_types())
         raise UsageError(f"model.type must be one of {choices}; got {model_type!r}{origins.where('model.type')}")
     table = schema.recipe_table(model_type)
-    return _fill(table, raw, "", origins, schema.flatten(table))
+    values = _fill(table, raw, "", origins, schema.flatten(table))
+    _check_together(values, origins)
+    return values
+
+
+def _check_together(values: dict[str, Any], origins: _Origins) -> None:
+    """Rules that tie several keys together."""
+    data = values["data"]
+    if data["kind"] == "centered" and data["context"] % 2 == 0:
+        raise UsageError(
+            f"data.context must be odd for centered data (the middle character is hidden); "
+            f"got {data['context']}{origins.where('data.context')}"
+        )
 
 
 def _fill(table: schema.Table, raw: Any, prefix: str, origins: _Origins, known: dict[str, Option]) -> dict[str, Any]:

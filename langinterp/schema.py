@@ -94,7 +94,13 @@ DATA_TABLE: Table = {
         "sequence: predict the next character; centered: predict the middle character from both sides",
         ("sequence", "centered"),
     ),
-    "context": integer(16, "characters the model reads (centered: split evenly around the centre)", 1, 1_000_000),
+    "context": integer(
+        16,
+        "window width: sequence reads it all and predicts the next character; centered hides the middle "
+        "character (odd width) and reads the others",
+        1,
+        1_000_000,
+    ),
     "holdout": real(0.1, "tail fraction of each training book held out for validation", 0.0, 0.9),
     "valid_books": items([], "separate validation books or files (when set, nothing is held out)", (int, str)),
     "test_books": items([], "books or files kept for `langinterp evaluate --split test`", (int, str)),
