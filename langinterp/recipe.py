@@ -118,14 +118,22 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    return " or ".join({int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list"}[t] for t in types)
+    return " or ".join(
+        {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list"}[t]
+        for t in types
+    )
 
 
 def _check_value(dotted: str, option: Option, value: Any, where: str) -> Any:
     """Return the value, converted where lossless (an integer where a float is expected), or raise."""
-    if isinstance(value, int) and not isinstance(value, bool) and float in option.types and int not in option.types:
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and float in option.types
+        and int not in option.types
+    ):
         value = float(value)
-    if isinstance(value, bool) and bool not in option.types or not isinstance(value, option.types):
+    if (isinstance(value, bool) and bool not in option.types) or not isinstance(value, option.types):
         raise UsageError(f"{dotted} must be {_type_name(option.types)}, not {value!r}{where}")
     if isinstance(value, str) and option.choices is not None and value not in option.choices:
         raise UsageError(f"{dotted} must be one of {', '.join(option.choices)}; got {value!r}{where}")
@@ -137,7 +145,9 @@ def _check_value(dotted: str, option: Option, value: Any, where: str) -> Any:
     if isinstance(value, list) and option.item_types is not None:
         for item in value:
             if isinstance(item, bool) or not isinstance(item, option.item_types):
-                raise UsageError(f"{dotted} items must be {_type_name(option.item_types)}; got {item!r}{where}")
+                raise UsageError(
+                    f"{dotted} items must be {_type_name(option.item_types)}; got {item!r}{where}"
+                )
     return value
 
 
@@ -162,7 +172,9 @@ def _validate(raw: Mapping[str, Any], origins: _Origins) -> dict[str, Any]:
     model_type = raw.get("model", {}).get("type", "mlp") if isinstance(raw.get("model"), dict) else "mlp"
     if model_type not in schema.MODEL_TABLES:
         choices = ", ".join(schema.model_types())
-        raise UsageError(f"model.type must be one of {choices}; got {model_type!r}{origins.where('model.type')}")
+        raise UsageError(
+            f"model.type must be one of {choices}; got {model_type!r}{origins.where('model.type')}"
+        )
     table = schema.recipe_table(model_type)
     values = _fill(table, raw, "", origins, schema.flatten(table))
     _check_together(values, origins)
@@ -179,7 +191,9 @@ def _check_together(values: dict[str, Any], origins: _Origins) -> None:
         )
 
 
-def _fill(table: schema.Table, raw: Any, prefix: str, origins: _Origins, known: dict[str, Option]) -> dict[str, Any]:
+def _fill(
+    table: schema.Table, raw: Any, prefix: str, origins: _Origins, known: dict[str, Option]
+) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         where = origins.where(prefix[:-1])
         raise UsageError(f"{prefix[:-1]} must be a table{where}")

@@ -120,7 +120,9 @@ def create_run(recipe: Recipe, name: str | None = None) -> RunDir:
         raise UsageError(f"run name {name!r} must be a plain directory name")
     path = runs_dir() / name
     if (path / INFO_FILE).exists():
-        raise UsageError(f"run {name!r} already exists in {runs_dir()}; pick another --run-name or --resume it")
+        raise UsageError(
+            f"run {name!r} already exists in {runs_dir()}; pick another --run-name or --resume it"
+        )
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     run = RunDir(path)
     atomic_write(run.recipe_path, recipe.to_toml())
@@ -189,7 +191,9 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     if not isinstance(hyper, dict) or hyper.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a langinterp checkpoint (no {CHECKPOINT_FORMAT} recipe inside)")
     prefix = "model."
-    state = {key[len(prefix) :]: value for key, value in payload["state_dict"].items() if key.startswith(prefix)}
+    state = {
+        key[len(prefix) :]: value for key, value in payload["state_dict"].items() if key.startswith(prefix)
+    }
     return LoadedCheckpoint(
         recipe=recipe_from_values(hyper["recipe"], hyper.get("recipe_name", "recipe")),
         state_dict=state,

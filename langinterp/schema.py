@@ -77,7 +77,9 @@ MLP_TABLE: Table = {
     "output": _layer_table("continuous", 2, 2, "output layer to the 128 character logits"),
     "normalization": choice("layer", "normalisation after each piecewise layer but the last", NORMALIZATIONS),
     "initialization": choice(
-        "linear", "weight initialisation of piecewise layers (linear gives every layer a gradient)", INITIALIZATIONS
+        "linear",
+        "weight initialisation of piecewise layers (linear gives every layer a gradient)",
+        INITIALIZATIONS,
     ),
 }
 
@@ -102,7 +104,9 @@ DATA_TABLE: Table = {
         1_000_000,
     ),
     "holdout": real(0.1, "tail fraction of each training book held out for validation", 0.0, 0.9),
-    "valid_books": items([], "separate validation books or files (when set, nothing is held out)", (int, str)),
+    "valid_books": items(
+        [], "separate validation books or files (when set, nothing is held out)", (int, str)
+    ),
     "test_books": items([], "books or files kept for `langinterp evaluate --split test`", (int, str)),
     "num_workers": integer(0, "DataLoader worker processes", 0, 64),
 }
@@ -118,7 +122,11 @@ OPTIMIZER_TABLE: Table = {
 }
 
 SCHEDULER_TABLE: Table = {
-    "name": choice("plateau", "plateau (on validation loss), cosine (over max steps) or none", ("plateau", "cosine", "none")),
+    "name": choice(
+        "plateau",
+        "plateau (on validation loss), cosine (over max steps) or none",
+        ("plateau", "cosine", "none"),
+    ),
     "factor": real(0.5, "plateau: factor the learning rate is multiplied by", 0.0, 1.0),
     "patience": integer(5, "plateau: epochs without improvement before lowering the rate", 0, 10_000),
     "min_lr": real(0.0, "the learning rate never goes below this", 0.0, 10.0),
@@ -132,9 +140,13 @@ TRAINER_TABLE: Table = {
     "accelerator": choice("auto", "auto (CUDA when present), cpu or gpu", ("auto", "cpu", "gpu", "cuda")),
     "devices": Option("auto", "devices per node: a number or 'auto'", (int, str), 1, 4096, choices=("auto",)),
     "num_nodes": integer(1, "machines taking part in DDP training", 1, 4096),
-    "strategy": choice("auto", "auto, or ddp for data-parallel training over devices and nodes", ("auto", "ddp")),
+    "strategy": choice(
+        "auto", "auto, or ddp for data-parallel training over devices and nodes", ("auto", "ddp")
+    ),
     "precision": choice(
-        "auto", "auto (bf16-mixed on GPU, 32 on CPU), 32, bf16-mixed or 16-mixed", ("auto", "32", "bf16-mixed", "16-mixed")
+        "auto",
+        "auto (bf16-mixed on GPU, 32 on CPU), 32, bf16-mixed or 16-mixed",
+        ("auto", "32", "bf16-mixed", "16-mixed"),
     ),
     "gradient_clip": real(0.0, "clip the gradient norm to this (0: no clipping)", 0.0, 1e9),
     "accumulate": integer(1, "batches whose gradients are summed before each optimizer step", 1, 10_000),

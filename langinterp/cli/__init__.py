@@ -6,9 +6,12 @@ red line on stderr and exit code 2 (bad input) or 1 (run-time failure); `--debug
 
 import sys
 
-import click
+import typer
 
-from langinterp.cli import recipes  # noqa: F401
+from langinterp.cli import (
+    fetch,  # noqa: F401
+    recipes,  # noqa: F401
+)
 from langinterp.cli.app import State, app, err_console
 from langinterp.errors import LanginterpError
 
@@ -27,9 +30,9 @@ def run(argv: list[str] | None = None) -> int:
         if State.debug:
             raise
         return _fail(str(error), error.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         return _fail("interrupted", 130)
-    except click.ClickException as error:
+    except typer.TyperException as error:
         if State.debug:
             raise
         return _fail(error.format_message(), error.exit_code)

@@ -12,7 +12,9 @@ from langinterp.errors import UsageError
 from langinterp.recipe import load_recipe
 
 recipe_app = typer.Typer(help="Show, check and document recipes.", no_args_is_help=True)
-app.add_typer(recipe_app, name="recipe", help="Show a resolved recipe, check recipe files, list every option.")
+app.add_typer(
+    recipe_app, name="recipe", help="Show a resolved recipe, check recipe files, list every option."
+)
 
 DEFAULT_RECIPES = Path("recipes")
 
@@ -28,7 +30,9 @@ def show(
 
 
 @recipe_app.command("check")
-def check(files: list[Path] = typer.Argument(None, help="Recipe files (default: every recipes/*.toml).")) -> None:
+def check(
+    files: list[Path] = typer.Argument(None, help="Recipe files (default: every recipes/*.toml)."),
+) -> None:
     """Validate recipes; exits non-zero on the first invalid one."""
     paths = files or sorted(DEFAULT_RECIPES.glob("*.toml"))
     if not paths:
@@ -47,7 +51,7 @@ def options(
         raise UsageError(f"--type must be one of {', '.join(schema.model_types())}; got {model_type!r}")
     table = Table("key", "default", "allowed", "meaning", box=None, header_style="bold")
     for key, option in schema.flatten(schema.recipe_table(model_type)).items():
-        allowed = ", ".join(option.choices) if option.choices else _range(option)
+        allowed = ", ".join(part for part in (", ".join(option.choices or ()), _range(option)) if part)
         table.add_row(key, repr(option.default), allowed, option.doc)
     console.print(table)
 
