@@ -83,8 +83,22 @@ MLP_TABLE: Table = {
     ),
 }
 
+GBM_TABLE: Table = {
+    "rounds": integer(100, "boosting rounds (each adds one tree per character class)", 1, 100_000),
+    "num_leaves": integer(100, "most leaves in one tree", 2, 131_072),
+    "max_depth": integer(32, "deepest a tree may grow (-1 or 0: no limit)", -1, 1024),
+    "learning_rate": real(0.1, "shrinkage applied to each new tree", 1e-6, 10.0),
+    "min_data_in_leaf": integer(20, "fewest training windows in a leaf", 1, 10**9),
+    "early_stopping": integer(
+        10, "stop after this many rounds without a lower held-out loss (0: off; needs held-out text)", 0, 100_000
+    ),
+    "threads": integer(0, "LightGBM threads (0: LightGBM's default, one per core)", 0, 4096),
+    "max_train_windows": integer(0, "train on a seeded random subsample of this many windows (0: all)", 0, 10**12),
+}
+
 MODEL_TABLES: dict[str, Table] = {
     "mlp": MLP_TABLE,
+    "gbm": GBM_TABLE,
 }
 
 DATA_TABLE: Table = {
