@@ -1,0 +1,252 @@
+"""Shared fixtures: an isolated cache for every test, a local HTTP mirror, Gutenberg-style book files.
+
+Every test gets its own `LANGINTERP_HOME` and no `LANGINTERP_MIRROR`, and gutenberg.org is pointed at a
+closed local port, so no test can touch the user's cache or the network by accident.
+"""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from langinterp import gutenberg
+
+CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there, connections are refused
+
+
+@pytest.fixture(autouse=True)
+def langinterp_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty LANGINTERP_HOME; no mirror configured; gutenberg.org unreachable."""
+    home = tmp_path_factory.mktemp("langinterp-home")
+    monkeypatch.setenv("LANGINTERP_HOME", str(home))
+    monkeypatch.delenv("LANGINTERP_MIRROR", raising=False)
+    monkeypatch.setattr(gutenberg, "GUTENBERG", CLOSED_PORT_URL)
+    return home
+
+
+@pytest.fixture
+def fast_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short timeouts and no backoff, so failure paths take fractions of a second."""
+    monkeypatch.setattr(gutenberg, "CONNECT_TIMEOUT", 1.0)
+    monkeypatch.setattr(gutenberg, "READ_TIMEOUT", 0.3)
+    monkeypatch.setattr(gutenberg, "RETRIES", 2)
+    monkeypatch.setattr(gutenberg, "BACKOFF", 0.0)
+
+
+@dataclass
+class Reply:
+    """A scripted answer. `status=0` closes the connection without answering (a reset)."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
+
+
+@dataclass
+class Request:
+    path: str
+    user_agent: str
+    time: float
+
+
+class MirrorServer:
+    """An HTTP server on 127.0.0.1 over a folder laid out like a Gutenberg mirror.
+
+    Files are served as `http.server` serves them (`text/plain` for `.txt`, with Content-Length).
+    `script(path, *replies)` makes the next requests for `path` get those replies first; `slow(path, s)`
+    delays every answer for `path`. `requests` records what was asked, in order.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.requests: list[Request] = []
+        self._scripts: dict[str, list[Reply]] = {}
+        self._delays: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._httpd = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def add(self, relative: str, data: bytes | str) -> Path:
+        """Put a file on the mirror (str is written as UTF-8)."""
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        return path
+
+    def add_book(self, book_id: int, data: bytes | str, suffix: str = "-0") -> str:
+        """Put a book at its mirror-layout path (`suffix` "-0", "-8" or ""); returns the URL path."""
+        relative = next(p for p in gutenberg.mirror_paths(book_id) if p.endswith(f"/{book_id}{suffix}.txt"))
+        self.add(relative, data)
+        return "/" + relative
+
+    def script(self, path: str, *replies: Reply) -> None:
+        self._scripts.setdefault(path, []).extend(replies)
+
+    def slow(self, path: str, seconds: float) -> None:
+        self._delays[path] = seconds
+
+    def requested(self, path: str) -> int:
+        """How many requests asked for `path`."""
+        return sum(request.path == path for request in self.requests)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def _handler_class(self) -> type[SimpleHTTPRequestHandler]:
+        server = self
+
+        class Handler(SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(server.root), **kwargs)
+
+            def do_GET(self) -> None:
+                server.requests.append(
+                    Request(self.path, self.headers.get("User-Agent", ""), time.monotonic())
+                )
+                if delay := server._delays.get(self.path):
+                    server._stop.wait(delay)
+                pending = server._scripts.get(self.path)
+                if not pending:
+                    super().do_GET()
+                    return
+                reply = pending.pop(0)
+                if reply.status == 0:
+                    self.close_connection = True
+                    return
+                self.send_response(reply.status)
+                self.send_header("Content-Type", reply.content_type)
+                self.send_header("Content-Length", str(len(reply.body)))
+                self.end_headers()
+                self.wfile.write(reply.body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: test output should not carry access logs."""
+
+        return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Clients that time out hang up mid-answer on purpose; the broken pipe is expected."""
+
+
+@pytest.fixture
+def http_mirror(tmp_path_factory: pytest.TempPathFactory, fast_network: None) -> Iterator[MirrorServer]:
+    """A running local mirror over an empty folder; add books with `add_book`."""
+    server = MirrorServer(tmp_path_factory.mktemp("mirror"))
+    server.start()
+    yield server
+    server.stop()
+
+
+_MODERN_HEADER = """\
+The Project Gutenberg eBook of {title}
+
+This ebook is for the use of anyone anywhere in the United States and
+most other parts of the world at no cost and with almost no restrictions
+whatsoever. You may copy it, give it away or re-use it under the terms
+of the Project Gutenberg License included with this ebook or online
+at www.gutenberg.org.
+
+Title: {title}
+
+Author: {author}
+
+Release date: January 1, 2020 [eBook #{book_id}]
+
+Language: English
+
+Credits: Produced by volunteers
+
+*** START OF THE PROJECT GUTENBERG EBOOK {upper} ***
+"""
+_MODERN_FOOTER = """\
+*** END OF THE PROJECT GUTENBERG EBOOK {upper} ***
+
+Updated editions will replace the previous one\u2014the old editions will
+be renamed.
+
+START: FULL LICENSE
+
+THE FULL PROJECT GUTENBERG LICENSE
+PLEASE READ THIS BEFORE YOU DISTRIBUTE OR USE THIS WORK
+"""
+_OLD_HEADER = """\
+The Project Gutenberg EBook of {title}, by {author}
+
+This eBook is for the use of anyone anywhere at no cost and with
+almost no restrictions whatsoever.  You may copy it, give it away or
+re-use it under the terms of the Project Gutenberg License included
+with this eBook or online at www.gutenberg.org
+
+Title: {title}
+
+Author: {author}
+
+Release Date: June 25, 2008 [EBook #{book_id}]
+
+Character set encoding: ISO-8859-1
+
+*** START OF THIS PROJECT GUTENBERG EBOOK {upper} ***
+"""
+_OLD_FOOTER = """\
+End of the Project Gutenberg EBook of {title}, by {author}
+
+*** END OF THIS PROJECT GUTENBERG EBOOK {upper} ***
+
+***** This file should be named {book_id}.txt or {book_id}.zip *****
+"""
+_SMALL_PRINT_HEADER = """\
+**The Project Gutenberg Etext of {title}**
+**Welcome To The World of Free Plain Vanilla Electronic Texts**
+**Etexts Readable By Both Humans and By Computers, Since 1971**
+
+*These Etexts Prepared By Hundreds of Volunteers and Donations*
+
+**START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START**
+Why is this "Small Print!" statement here? You know: lawyers.
+*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*
+"""
+_SMALL_PRINT_FOOTER = """\
+End of The Project Gutenberg Etext of {title}
+"""
+_STYLES = {
+    "modern": (_MODERN_HEADER, _MODERN_FOOTER),
+    "old": (_OLD_HEADER, _OLD_FOOTER),
+    "small-print": (_SMALL_PRINT_HEADER, _SMALL_PRINT_FOOTER),
+}
+
+
+@pytest.fixture
+def gutenberg_file() -> Callable[..., str]:
+    """Wrap a book body in a Project Gutenberg licence header and footer, as gutenberg.org serves them.
+
+    Call as `gutenberg_file(body, title=..., author=..., book_id=..., style="modern" | "old" |
+    "small-print")`; the body is returned between the markers, separated by blank lines.
+    """
+
+    def make(
+        body: str,
+        *,
+        title: str = "A Test Book",
+        author: str = "A. N. Author",
+        book_id: int = 1,
+        style: str = "modern",
+    ) -> str:
+        header, footer = _STYLES[style]
+        fields = {"title": title, "author": author, "book_id": book_id, "upper": title.upper()}
+        return header.format(**fields) + "\n\n" + body + "\n\n\n" + footer.format(**fields)
+
+    return make
