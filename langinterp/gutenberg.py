@@ -326,9 +326,10 @@ def _locations(book_id: int, mirror: str | None) -> tuple[list[str], bool]:
     return [f"{mirror.rstrip('/')}/{path}" for path in mirror_paths(book_id)], False
 
 
-def _download(book_id: int, mirror: str | None, progress: Progress | None) -> _Download:
+def _download(
+    book_id: int, mirror: str | None, locations: list[str], local: bool, progress: Progress | None
+) -> _Download:
     """The first file any location of the book has, skipping HTML pages and empty files."""
-    locations, local = _locations(book_id, mirror)
     where = mirror or "gutenberg.org"
     problems: list[str] = []
     with requests.Session() as session:
@@ -426,11 +427,13 @@ def _ensure(
         raise UsageError(f"book id must be a positive whole number, got {book_id}")
     if not force and (cached := _read_cached(book_id)):
         return cached
+    mirror = resolve_mirror(mirror)
+    locations, local = _locations(book_id, mirror)  # a bad mirror fails here, before anything is written
     with file_lock(book_folder(book_id)):
         # Another process may have fetched it while we waited for the lock.
         if not force and (cached := _read_cached(book_id)):
             return cached
-        return _store(book_id, _download(book_id, resolve_mirror(mirror), progress))
+        return _store(book_id, _download(book_id, mirror, locations, local, progress))
 
 
 def fetch_book(

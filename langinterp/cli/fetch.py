@@ -50,13 +50,18 @@ class _DownloadBar:
             self._task = self._progress.add_task("download", total=total)
         self._progress.update(self._task, completed=done, total=total)
 
+    @property
+    def shown(self) -> bool:
+        """Whether the bar has appeared."""
+        return self._task is not None
+
     def __enter__(self) -> "_DownloadBar":
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if self._task is not None:
+        if self.shown:
             self._progress.stop()
 
 
