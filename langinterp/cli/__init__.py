@@ -9,8 +9,12 @@ import sys
 import typer
 
 from langinterp.cli import (
+    evaluate,  # noqa: F401
     fetch,  # noqa: F401
+    gbm,  # noqa: F401
+    generate,  # noqa: F401
     recipes,  # noqa: F401
+    runs,  # noqa: F401
 )
 from langinterp.cli.app import State, app, err_console
 from langinterp.errors import LanginterpError
