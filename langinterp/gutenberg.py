@@ -134,7 +134,11 @@ _END = re.compile(
 )
 _TITLE = re.compile(r"^Title:[ \t]*(\S.*(?:\n[ \t]+\S.*)*)$", re.MULTILINE)
 _OLD_TITLE = re.compile(
-    r"^\W*The Project Gutenberg E-?(?:Book|text) of (.+?)(?:,? by .*)?$", re.IGNORECASE | re.M
+    r"^\W*The Project Gutenberg E-?(?:Book|text) of (.+?)(?:,? by .*)?[* \t]*$", re.IGNORECASE | re.MULTILINE
+)
+_FOOTER_TITLE = re.compile(
+    r"^[ \t]*End of (?:the )?Project Gutenberg(?:'s)?(?: E-?(?:Book|text) of)? (.+?)(?:,? by .*)?[* \t]*$",
+    re.IGNORECASE | re.MULTILINE,
 )
 _LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
 _HTML_START = (b"<!doctype html", b"<html", b"<head", b"<body")
@@ -175,14 +179,14 @@ def _split(text: str) -> tuple[str, str | None, bool]:
         return text, None, False
     body = text[begin : end.start() if end else len(text)]
     body = _LEADING_BLANK_LINES.sub("", body).rstrip() + "\n"
-    return body, _title(text[: start.start()]) if start else None, True
+    return body, _title(text[: start.start()] if start else "", text[end.start() :] if end else ""), True
 
 
-def _title(header: str) -> str | None:
-    if match := _TITLE.search(header):
-        return " ".join(match.group(1).split())
-    if match := _OLD_TITLE.search(header):
-        return " ".join(match.group(1).split())
+def _title(header: str, footer: str) -> str | None:
+    """The `Title:` line of the header, else the title in the old first line or in the old footer line."""
+    for pattern, part in ((_TITLE, header), (_OLD_TITLE, header), (_FOOTER_TITLE, footer)):
+        if match := pattern.search(part):
+            return " ".join(match.group(1).split())
     return None
 
 

@@ -86,6 +86,22 @@ def test_strip_boilerplate(gutenberg_file: GutenbergFile, style: str) -> None:
     assert strip_boilerplate(gutenberg_file(BODY, style=style)) == BODY + "\n"
 
 
+@pytest.mark.parametrize("style", ["modern", "old", "small-print"])
+def test_title_from_header(tmp_path: Path, gutenberg_file: GutenbergFile, style: str) -> None:
+    (tmp_path / "0/3").mkdir(parents=True)
+    (tmp_path / "0/3/3-0.txt").write_text(gutenberg_file(BODY, title="Who Goes There?", style=style))
+    assert fetch_book(3, mirror=str(tmp_path)).title == "Who Goes There?"
+
+
+def test_title_from_old_footer_alone(tmp_path: Path) -> None:
+    (tmp_path / "0/3").mkdir(parents=True)
+    footer = "\n\nEnd of the Project Gutenberg EBook of The Dunwich Horror, by H. P. Lovecraft\n"
+    (tmp_path / "0/3/3-0.txt").write_text(BODY + footer)
+    record = fetch_book(3, mirror=str(tmp_path))
+    assert record.title == "The Dunwich Horror"
+    assert book_text(3) == BODY + "\n"
+
+
 def test_text_without_markers_is_kept_whole() -> None:
     text = "\n  Indented first line.\nSecond line.\n\n"
     assert strip_boilerplate(text) == text
