@@ -96,9 +96,32 @@ GBM_TABLE: Table = {
     "max_train_windows": integer(0, "train on a seeded random subsample of this many windows (0: all)", 0, 10**12),
 }
 
+MAMBA_TABLE: Table = {
+    "d_model": integer(64, "width of the residual stream and of the embedding tied to the read-out", 1, 65536),
+    "layers": integer(5, "Mamba blocks", 1, 256),
+    "d_state": integer(32, "state entries per channel of the selective scan", 1, 1024),
+    "expand": integer(2, "the mixer's inner width is expand * d_model", 1, 64),
+    "d_conv": integer(4, "width of the causal depthwise convolution before the scan", 1, 64),
+    "projection": choice(
+        "linear",
+        "the mixer's in and out projections: 'linear' (nn.Linear) or a piecewise-polynomial kind",
+        LAYER_CHOICES,
+    ),
+    "n": integer(3, "piecewise projections: nodes per segment (polynomial degree + 1)", 1, 16),
+    "segments": integer(2, "piecewise projections: segments per link", 1, 4096),
+    "initialization": choice("linear", "weight initialisation of piecewise projections", INITIALIZATIONS),
+    "scan": choice(
+        "auto",
+        "selective scan: auto (mamba-ssm's CUDA kernel when installed and on CUDA, else chunked), chunked "
+        "(pure PyTorch, parallel over chunks) or sequential (the slow reference loop)",
+        ("auto", "chunked", "sequential"),
+    ),
+}
+
 MODEL_TABLES: dict[str, Table] = {
     "mlp": MLP_TABLE,
     "gbm": GBM_TABLE,
+    "mamba": MAMBA_TABLE,
 }
 
 DATA_TABLE: Table = {

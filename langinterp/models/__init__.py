@@ -4,3 +4,4 @@ from langinterp.models.base import CharModel
 from langinterp.models.registry import build_model, register, registered_types
 
 __all__ = ["CharModel", "build_model", "register", "registered_types"]
+from langinterp.models import mamba  # noqa: E402,F401
