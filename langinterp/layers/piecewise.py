@@ -1,0 +1,117 @@
+"""HighOrderLinear: a fully connected layer whose every link is a piecewise polynomial.
+
+Weights: one parameter ``weight`` of shape [in_features, K, out_features], K the weights per link (basis.py).
+``weight[i, c, o]`` is the value of link (i -> o) at its c-th node, which is high-order-layers-torch's
+``w[o, i, c]``: ours = ``w.permute(1, 2, 0)``, theirs = ``weight.permute(2, 0, 1)``, for PiecewisePolynomial
+(continuous), PiecewiseDiscontinuousPolynomial (discontinuous) and Polynomial (polynomial, K = n). The
+optional bias (off by default; the package has none) is added to the output.
+
+The layer computes y[..., o] = sum_i sum_k phi_k(t_i) weight[i, j_i * stride + k, o] (+ bias[o]): seen as a
+table of in*K rows, each input activates n rows, so the work is that of a dense Linear(in*n -> out). The
+path is chosen per call (``path = "auto"``), or forced by setting the ``path`` attribute:
+
+- ``dense`` when K <= DENSE_RATIO * n: scatter the n basis values of each input into a [rows, in*K] matrix
+  and do one matmul (BLAS; runs anywhere, autocasts), costing K/n times the minimum, so only for small K.
+- ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
+  only the active rows in forward and backward; time and memory do not grow with segments.
+- ``gather`` for larger K elsewhere (CUDA, bf16 weights, no compiler): embedding_bag over the flattened
+  row indices with the basis values as per-sample weights; exact, memory independent of segments, but its
+  CPU backward is slow, hence the kernel.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import kernel
+from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
+from .init import initialize
+
+PATHS = ("auto", "dense", "kernel", "gather")
+DENSE_RATIO = 8
+
+
+def active_rows(x: Tensor, nodes: Tensor, segments: int, step: int, K: int) -> tuple[Tensor, Tensor]:
+    """Basis values phi [rows, in, n] (differentiable in x) and their table rows i*K + j*step + k."""
+    j, t = locate(x, segments)
+    phi = lagrange(t, nodes)
+    n = nodes.shape[0]
+    first = torch.arange(x.shape[-1], device=x.device) * K + j * step
+    return phi, first.unsqueeze(-1) + torch.arange(n, device=x.device)
+
+
+class HighOrderLinear(nn.Module):
+    """Piecewise-polynomial fully connected layer mapping [..., in_features] -> [..., out_features].
+
+    kind: "continuous" (neighbouring segments share their end node), "discontinuous" (n = 1 is piecewise
+    constant) or "polynomial" (one segment). Exactly the functions of high-order-layers-torch on [-1, 1],
+    with the edge polynomial extrapolated outside.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        n: int,
+        segments: int,
+        kind: str = "continuous",
+        bias: bool = False,
+        initialization: str = "linear",
+    ) -> None:
+        super().__init__()
+        check_kind(kind, n, segments)
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"features must be >= 1, got in={in_features}, out={out_features}")
+        self.in_features, self.out_features = in_features, out_features
+        self.n, self.segments, self.kind = n, segments, kind
+        self.path = "auto"
+        K = weights_per_link(kind, n, segments)
+        self.weight = nn.Parameter(torch.empty(in_features, K, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        initialize(self.weight, initialization, kind, n, segments)
+
+    @property
+    def weights_per_link(self) -> int:
+        """K: (n - 1) * segments + 1 when continuous, else n * segments."""
+        return self.weight.shape[1]
+
+    def choose_path(self, x: Tensor) -> str:
+        """The computation ``forward`` uses for x (see the module docstring)."""
+        if self.path != "auto":
+            if self.path not in PATHS:
+                raise ValueError(f"unknown path {self.path!r}; expected one of {', '.join(PATHS)}")
+            return self.path
+        if self.weights_per_link <= DENSE_RATIO * self.n:
+            return "dense"
+        return "kernel" if kernel.supports(x, self.weight) else "gather"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs [..., {self.in_features}], got {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        weight = self.weight
+        flat = x.reshape(-1, self.in_features).to(weight.dtype)
+        path = self.choose_path(flat)
+        step = stride(self.kind, self.n)
+        if path == "kernel":
+            y = kernel.piecewise(flat, weight, self.n, self.segments, step)
+        else:
+            K = self.weights_per_link
+            nodes = chebyshev_lobatto(self.n, weight.dtype, weight.device)
+            phi, rows = active_rows(flat, nodes, self.segments, step, K)
+            table = weight.reshape(-1, self.out_features)
+            if path == "dense":
+                basis = flat.new_zeros(flat.shape[0], table.shape[0])
+                basis = basis.scatter(1, rows.flatten(1), phi.flatten(1))
+                y = basis @ table
+            else:
+                y = F.embedding_bag(rows.flatten(1), table, per_sample_weights=phi.flatten(1), mode="sum")
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, n={self.n}, "
+            f"segments={self.segments}, kind={self.kind!r}, bias={self.bias is not None}"
+        )

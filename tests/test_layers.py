@@ -1,0 +1,314 @@
+"""High-order layers: exact agreement with high-order-layers-torch and a plain-loop reference, gradients,
+fast paths, devices, initialisation, normalisation and refinement. Small shapes: fast, offline, CPU."""
+
+import math
+
+import pytest
+import torch
+
+from langinterp.layers import (
+    KINDS,
+    NORMALIZATIONS,
+    CharacterInput,
+    HighOrderLinear,
+    codes_to_unit,
+    normalization,
+    refine,
+)
+from langinterp.layers import kernel as layer_kernel
+
+PATHS = ["dense", "gather", *(["kernel"] if layer_kernel.available() else [])]
+CASES = [
+    (kind, n, s)
+    for kind in KINDS
+    for n in range(1, 6)
+    for s in ((1,) if kind == "polynomial" else (1, 2, 8, 128))
+    if not (kind == "continuous" and n == 1)
+]
+
+
+def make(kind, n, s, inputs=3, outputs=4, path="dense", dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    layer = HighOrderLinear(inputs, outputs, n, s, kind, **kwargs).to(dtype)
+    layer.path = path
+    return layer
+
+
+def inputs_inside_and_outside(rows=12, inputs=3, dtype=torch.float64):
+    torch.manual_seed(1)
+    return (torch.rand(rows, inputs, dtype=dtype) * 2.2 - 1.1).requires_grad_()
+
+
+def reference(layer, x):
+    """The definition, one link and one sample at a time (basis.py's formulas written out)."""
+    n, s, K = layer.n, layer.segments, layer.weights_per_link
+    step = n - 1 if layer.kind == "continuous" else n
+    nodes = [0.0] if n == 1 else [-math.cos(math.pi * m / (n - 1)) for m in range(n)]
+    y = torch.zeros(x.shape[0], layer.out_features, dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for i in range(layer.in_features):
+            v = float(x[b, i])
+            j = min(max(math.floor((v + 1) / 2 * s), 0), s - 1)
+            t = s * (v + 1) - 2 * j - 1
+            for k in range(n):
+                phi = math.prod((t - nodes[m]) / (nodes[k] - nodes[m]) for m in range(n) if m != k)
+                assert j * step + k < K
+                y[b] += phi * layer.weight[i, j * step + k].detach().double()
+    return y
+
+
+def oracle(layer):
+    """The same layer in high-order-layers-torch, in float64, with our weights copied across.
+
+    The package stores its Lagrange denominators in float32 whatever the default dtype; they are recomputed
+    in float64 so that the comparison can be held to 1e-10.
+    """
+    polynomial_layers = pytest.importorskip("high_order_layers_torch.PolynomialLayers")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        cls = {
+            "continuous": polynomial_layers.PiecewisePolynomial,
+            "discontinuous": polynomial_layers.PiecewiseDiscontinuousPolynomial,
+        }.get(layer.kind)
+        if cls is None:
+            theirs = polynomial_layers.Polynomial(layer.n, layer.in_features, layer.out_features)
+            basis = theirs.poly.basis
+        else:
+            theirs = cls(layer.n, layer.in_features, layer.out_features, layer.segments)
+            basis = theirs._poly.basis
+        if layer.n > 1:
+            X = basis.X.double()
+            basis.X = X
+            basis.denominators = torch.where(
+                torch.eye(layer.n, dtype=torch.bool), torch.ones(()), X.unsqueeze(1) - X.unsqueeze(0)
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    with torch.no_grad():
+        theirs.w.copy_(layer.weight.permute(2, 0, 1))
+    return theirs
+
+
+def relative_error(a, b):
+    return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("kind", "n", "s"), CASES)
+def test_matches_high_order_layers_torch(kind, n, s, path):
+    # Random weights, not lines: extrapolating a line through n > 2 nodes cancels large basis values and
+    # would make the comparison one of rounding noise.
+    layer = make(kind, n, s, path=path, initialization="uniform")
+    theirs = oracle(layer)
+    x = inputs_inside_and_outside()
+    x_theirs = x.detach().clone().requires_grad_()
+    weights = torch.randn(12, 4, dtype=torch.float64)
+    ours, expected = layer(x), theirs(x_theirs)
+    (ours * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert relative_error(ours, expected) <= 1e-10
+    if n == 1:  # piecewise constant: no path from x to y
+        assert x_theirs.grad is None and (x.grad is None or not x.grad.any())
+    else:
+        assert relative_error(x.grad, x_theirs.grad) <= 1e-10
+    assert relative_error(layer.weight.grad, theirs.w.grad.permute(1, 2, 0)) <= 1e-10
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("kind", "n", "s"), [("continuous", 3, 4), ("discontinuous", 2, 3), ("polynomial", 4, 1)]
+)
+def test_matches_plain_loop_reference_with_leading_dims_and_bias(kind, n, s, path):
+    layer = make(kind, n, s, path=path, bias=True)
+    with torch.no_grad():
+        layer.bias.uniform_()
+    x = inputs_inside_and_outside(rows=10)
+    y = layer(x.detach().view(2, 5, 3))
+    assert y.shape == (2, 5, 4)
+    expected = reference(layer, x.detach()) + layer.bias.detach()
+    torch.testing.assert_close(y.reshape(10, 4), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(
+    ("kind", "n", "s"), [("continuous", 3, 5), ("discontinuous", 2, 3), ("polynomial", 4, 1)]
+)
+def test_gradcheck(kind, n, s, path):
+    layer = make(kind, n, s, inputs=2, outputs=3, path=path)
+    x = inputs_inside_and_outside(rows=4, inputs=2)
+    assert torch.autograd.gradcheck(
+        lambda x, w: torch.func.functional_call(layer, {"weight": w}, (x,)), (x, layer.weight)
+    )
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_paths_agree_in_float32(path):
+    layer = make("continuous", 2, 64, inputs=20, outputs=30, path="dense", dtype=torch.float32)
+    x = torch.rand(50, 20) * 2 - 1
+    expected = layer(x)
+    layer.path = path
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_continuous_at_segment_boundaries():
+    layer = make("continuous", 3, 8, path="dense")
+    boundaries = torch.linspace(-1, 1, 9, dtype=torch.float64)[1:-1]
+    eps = 1e-9
+    below = layer((boundaries - eps).unsqueeze(-1).expand(-1, 3))
+    above = layer((boundaries + eps).unsqueeze(-1).expand(-1, 3))
+    torch.testing.assert_close(below, above, rtol=0, atol=1e-7)
+
+
+def test_choose_path_by_weights_per_link():
+    small = HighOrderLinear(4, 4, 2, 2)
+    large = HighOrderLinear(4, 4, 2, 64)
+    x = torch.zeros(1, 4)
+    assert small.choose_path(x) == "dense"
+    assert large.choose_path(x) == ("kernel" if layer_kernel.available() else "gather")
+    assert large.choose_path(x.to("meta")) in {"gather", "kernel"}
+
+
+def test_validation_messages():
+    with pytest.raises(ValueError, match="kind"):
+        HighOrderLinear(2, 2, 2, 2, kind="spline")
+    with pytest.raises(ValueError, match="n >= 2"):
+        HighOrderLinear(2, 2, 1, 2, kind="continuous")
+    with pytest.raises(ValueError, match="one segment"):
+        HighOrderLinear(2, 2, 3, 4, kind="polynomial")
+    with pytest.raises(ValueError, match="segments"):
+        HighOrderLinear(2, 2, 3, 0)
+    with pytest.raises(ValueError, match="initialization"):
+        HighOrderLinear(2, 2, 3, 2, initialization="zeros")
+    with pytest.raises(ValueError, match=r"\[\.\.\., 2\]"):
+        HighOrderLinear(2, 2, 3, 2)(torch.zeros(3))
+    with pytest.raises(ValueError, match="normalization"):
+        normalization("batch", 3)
+
+
+def test_to_device_and_dtype():
+    layer = HighOrderLinear(3, 4, 3, 4, bias=True)
+    meta = layer.to("meta")
+    assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {"meta"}
+    assert meta(torch.zeros(5, 3, device="meta")).shape == (5, 4)
+    layer = HighOrderLinear(3, 4, 3, 4).double()
+    assert layer(torch.zeros(2, 3)).dtype == torch.float64
+    characters = CharacterInput(4, 5, 2, segments=16).to("meta")
+    assert {t.device.type for t in [*characters.parameters(), *characters.buffers()]} == {"meta"}
+
+
+def test_bf16_autocast_and_bf16_weights():
+    layer = HighOrderLinear(6, 5, 2, 32)
+    x = torch.rand(4, 6) * 2 - 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x.bfloat16())
+    torch.testing.assert_close(y.float(), layer(x), rtol=0.05, atol=0.05)
+    assert layer.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_torch_compile():
+    layer = HighOrderLinear(6, 5, 2, 32)
+    x = (torch.rand(4, 6) * 2 - 1).requires_grad_()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    assert x.grad is not None and layer.weight.grad is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_matches_cpu(kind):
+    segments = 1 if kind == "polynomial" else 32
+    layer = make(kind, 3, segments, inputs=5, outputs=6, path="auto", dtype=torch.float32)
+    x = torch.rand(7, 5) * 2.2 - 1.1
+    expected = layer(x)
+    torch.testing.assert_close(layer.cuda()(x.cuda()).cpu(), expected, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert layer(x.cuda()).isfinite().all()
+
+
+@pytest.mark.parametrize("initialization", ["linear", "uniform"])
+def test_every_layer_gets_a_gradient_at_initialization(initialization):
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(
+        HighOrderLinear(8, 8, 3, 4, initialization=initialization),
+        normalization("max_abs", 8),
+        HighOrderLinear(8, 8, 2, 16, kind="discontinuous", initialization=initialization),
+        normalization("max_center", 8),
+        HighOrderLinear(8, 2, 3, 1, kind="polynomial", initialization=initialization),
+    )
+    layers(torch.rand(16, 8) * 2 - 1).square().mean().backward()
+    for layer in layers[::2]:
+        assert layer.weight.grad.abs().sum() > 0
+
+
+def test_constant_random_is_constant_per_link_like_the_package():
+    layer = HighOrderLinear(4, 3, 3, 2, initialization="constant_random")
+    assert torch.equal(layer.weight, layer.weight[:, :1].expand_as(layer.weight))
+    assert (layer.weight >= 0).all() and (layer.weight <= 1 / 4).all()
+
+
+def test_linear_initialization_is_a_line_at_the_nodes():
+    layer = make("continuous", 3, 4, initialization="linear")
+    x = torch.linspace(-1, 1, 11, dtype=torch.float64).unsqueeze(-1).expand(-1, 3)
+    y = layer(x)
+    second_difference = y[2:] - 2 * y[1:-1] + y[:-2]
+    assert second_difference.abs().max() < 1e-6  # the line was drawn in float32
+
+
+@pytest.mark.parametrize("kind", NORMALIZATIONS)
+def test_normalizations(kind):
+    module = normalization(kind, 6)
+    x = torch.randn(3, 4, 6) * 5
+    y = module(x)
+    assert y.shape == x.shape
+    if kind in {"max_abs", "max_center"}:
+        assert y.abs().max() <= 1
+    if kind == "layer":
+        assert {name for name, _ in module.named_parameters()} == {"weight", "bias"}
+        assert set(module.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "s", "new_n", "new_s"),
+    [
+        ("continuous", 2, 4, 2, 8),
+        ("continuous", 3, 2, 5, 6),
+        ("discontinuous", 2, 3, 4, 6),
+        ("discontinuous", 1, 2, 1, 8),
+        ("polynomial", 3, 1, 4, 3),
+    ],
+)
+def test_refinement_reproduces_the_function(kind, n, s, new_n, new_s):
+    layer = make(kind, n, s, bias=True, initialization="uniform")
+    refined = refine(layer, segments=new_s, n=new_n)
+    assert (refined.n, refined.segments) == (new_n, new_s)
+    x = inputs_inside_and_outside(rows=200).detach().clamp(-1, 1)
+    torch.testing.assert_close(refined(x), layer(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kind", "n", "segments"), [("continuous", 2, 128), ("continuous", 3, 128), ("discontinuous", 2, 5)]
+)
+def test_character_input_is_the_linear_layer_on_unit_codes(kind, n, segments):
+    torch.manual_seed(0)
+    layer = CharacterInput(6, 7, n, segments, kind).double()
+    codes = torch.randint(0, 128, (2, 9, 6), dtype=torch.uint8)
+    y = layer(codes)
+    linear = layer.as_linear()
+    assert linear.weight is layer.weight
+    expected = linear(codes_to_unit(codes).double())
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    y.square().sum().backward()
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    expected.square().sum().backward()
+    torch.testing.assert_close(grad, layer.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_codes_to_unit_centres():
+    x = codes_to_unit(torch.tensor([0, 63, 64, 127]))
+    torch.testing.assert_close(x, torch.tensor([-1 + 1 / 128, -1 / 128, 1 / 128, 1 - 1 / 128]))
+    with pytest.raises(ValueError, match="integer"):
+        CharacterInput(2, 3, 2)(torch.zeros(4, 2))
