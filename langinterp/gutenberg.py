@@ -56,6 +56,8 @@ META_FORMAT = 1
 Progress = Callable[[int, int | None], None]
 """Download progress: called with (bytes so far, total bytes or None when the server does not say)."""
 
+# Answers that mean "not here, try the next file". Object stores behind some mirrors answer 403 for
+# missing files, so 401/403 count as missing rather than as a failure of the whole source.
 _MISSING_STATUSES = frozenset({401, 403, 404, 410})
 
 
