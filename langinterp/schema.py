@@ -118,10 +118,34 @@ MAMBA_TABLE: Table = {
     ),
 }
 
+TRANSFORMER_TABLE: Table = {
+    "d_model": integer(64, "width of every position's vector; a multiple of heads", 1, 65536),
+    "heads": integer(4, "attention heads (each of width d_model / heads)", 1, 1024),
+    "layers": integer(2, "transformer blocks", 1, 256),
+    "feedforward": integer(128, "hidden width of each block's feed-forward pair", 1, 1_000_000),
+    "positions": choice(
+        "learned", "position code over 0..context-1: learned or sinusoidal", ("learned", "sinusoidal")
+    ),
+    "input": {
+        "kind": choice("continuous", "piecewise kind of the per-character input layer", KINDS),
+        "n": integer(2, "input layer: nodes per segment", 1, 16),
+        "segments": integer(128, "input layer: segments (128 puts every code in its own)", 1, 4096),
+    },
+    "layer": choice(
+        "continuous",
+        "Q/K/V, attention output and feed-forward layers: a piecewise kind, or 'linear' for nn.Linear + GELU",
+        LAYER_CHOICES,
+    ),
+    "n": integer(2, "piecewise block layers: nodes per segment", 1, 16),
+    "segments": integer(2, "piecewise block layers: segments per link", 1, 4096),
+    "initialization": choice("linear", "weight initialisation of the piecewise layers", INITIALIZATIONS),
+}
+
 MODEL_TABLES: dict[str, Table] = {
     "mlp": MLP_TABLE,
     "gbm": GBM_TABLE,
     "mamba": MAMBA_TABLE,
+    "transformer": TRANSFORMER_TABLE,
 }
 
 DATA_TABLE: Table = {
