@@ -1,0 +1,116 @@
+"""`langinterp train RECIPE [key=value ...]`: train a neural model into a new run directory, or resume one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from langinterp.cli.app import app, console
+from langinterp.errors import UsageError
+
+if TYPE_CHECKING:
+    from langinterp.runs import RunDir
+
+NEWEST = "\0newest"
+
+
+def _split_arguments(
+    recipe: str | None, overrides: list[str], resuming: bool
+) -> tuple[Path | None, list[str]]:
+    """When resuming there is no recipe file: every positional argument is a key=value override."""
+    if not resuming:
+        if recipe is None:
+            raise UsageError("give a recipe file to train (or --resume RUN)")
+        return Path(recipe), overrides
+    if recipe is not None and "=" not in recipe:
+        raise UsageError(
+            f"--resume continues a run with its own recipe; {recipe!r} is not a key=value override"
+        )
+    return None, ([recipe] if recipe else []) + overrides
+
+
+@app.command()
+def train(
+    recipe: str | None = typer.Argument(
+        None, help="Recipe TOML file (omit with --resume).", show_default=False
+    ),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. trainer.max_epochs=5."),
+    run_name: str | None = typer.Option(
+        None, "--run-name", help="Run directory name (default: recipe-time)."
+    ),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        flag_value=NEWEST,
+        help="Continue RUN (default: the newest) from its last checkpoint; overrides may change trainer.*.",
+        metavar="[RUN]",
+        show_default=False,
+    ),
+    mirror: str | None = typer.Option(
+        None,
+        "--mirror",
+        help="Gutenberg mirror (default: $LANGINTERP_MIRROR, else gutenberg.org).",
+        show_default=False,
+    ),
+    accelerator: str | None = typer.Option(
+        None, "--accelerator", help="auto (CUDA when present), cpu or gpu."
+    ),
+    devices: str | None = typer.Option(None, "--devices", help="Devices per node: a number or 'auto'."),
+    precision: str | None = typer.Option(None, "--precision", help="auto, 32, bf16-mixed or 16-mixed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a model on its recipe's books: checkpoints, metrics and samples go to a new run directory."""
+    from langinterp.gutenberg import resolve_mirror
+    from langinterp.recipe import load_recipe
+    from langinterp.runs import find_run
+    from langinterp.training import is_global_zero, train
+
+    if resume is not None and "=" in resume:
+        # `--resume key=value`: the flag took the first override as its value; resume the newest run instead.
+        overrides = [resume, *([recipe] if recipe else []), *(overrides or [])]
+        recipe, resume = None, NEWEST
+    path, changes = _split_arguments(recipe, overrides or [], resume is not None)
+    if path is not None:
+        resolved = load_recipe(path, changes)
+        target: str | bool | None = None
+    else:
+        target = True if resume == NEWEST else resume
+        stored = find_run(None if target is True else target).recipe()
+        resolved = stored.with_overrides(changes)
+    run = train(
+        resolved,
+        run_name=run_name,
+        resume=target,
+        mirror=resolve_mirror(mirror),
+        accelerator=accelerator,
+        devices=int(devices) if devices and devices.isdigit() else devices,
+        precision=precision,
+        quiet=quiet,
+    )
+    if is_global_zero():
+        _report(run)
+
+
+def _report(run: RunDir) -> None:
+    info = run.info()
+    console.print(
+        f"run [bold]{escape(run.name)}[/]: {info.epochs} epochs, {info.steps} steps", highlight=False
+    )
+    console.print(escape(str(run.path)), highlight=False)
+    final = info.extra.get("final", {})
+    if final:
+        table = Table("metric", "value", box=None, header_style="bold")
+        for key in sorted(final):
+            table.add_row(key, f"{final[key]:,.4f}")
+        console.print(table)
+    if info.best_valid_bpc is not None:
+        console.print(f"best validation: {info.best_valid_bpc:.4f} bits/char", highlight=False)
+    for name, report in info.extra.get("fold", {}).items():
+        console.print(
+            f"{escape(name)}: {report['folded']:,} characters folded to ASCII, {report['dropped']:,} dropped",
+            highlight=False,
+        )
