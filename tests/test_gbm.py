@@ -96,6 +96,20 @@ def test_same_seed_same_booster(tmp_path: Path) -> None:
     assert one.booster_path.read_text() == two.booster_path.read_text()
 
 
+def test_early_stopping_keeps_the_best_round(tmp_path: Path) -> None:
+    # A huge learning rate overshoots after the first rounds, so the held-out loss stops improving early.
+    recipe = small_recipe(tmp_path, "model.rounds=30", "model.learning_rate=8.0", "model.early_stopping=2")
+    run = train_gbm(recipe, run_name="early")
+    kept = run.info().epochs
+    assert 1 <= kept < 30
+    booster = lgb.Booster(model_file=str(run.booster_path))
+    assert booster.current_iteration() == kept
+    assert run.info().best_valid_bpc == pytest.approx(
+        evaluate_model(load_gbm_model(run), build_splits(recipe.data).valid, "sequence").bits_per_char,
+        rel=1e-5,
+    )
+
+
 def test_held_out_character_never_seen_costs_the_floor(tmp_path: Path) -> None:
     book = write_text(tmp_path / "book.txt")
     valid = tmp_path / "valid.txt"
@@ -148,6 +162,14 @@ def test_cli_trains_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "run cli: 3 rounds kept" in out and "bits/char held out" in out
     assert find_run("cli").booster_path.is_file()
+
+    sample = ["generate", "--run", "cli", "--prompt", "the dog ", "-n", "80", "--seed", "3", "--top-k", "5"]
+    assert cli(sample) == 0
+    first = capsys.readouterr().out
+    assert cli(sample) == 0
+    assert capsys.readouterr().out == first and "the dog" in first
+    assert cli(["evaluate", "--run", "cli"]) == 0
+    assert f"{find_run('cli').info().best_valid_bpc:.4f}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
