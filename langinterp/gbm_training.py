@@ -22,6 +22,7 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
+from langinterp.data import build_splits
 from langinterp.errors import UsageError
 from langinterp.models.gbm import held_out_bits, write_class_map
 from langinterp.recipe import Recipe
@@ -140,8 +141,6 @@ def train_gbm(
     rounds kept and the leaf count; the class map goes to `gbm.json` beside `model.txt`.
     """
     check_gbm_recipe(recipe)
-    from langinterp.data import build_splits
-
     model, context, seed = recipe.model, recipe.data["context"], recipe.trainer["seed"]
     splits = build_splits(recipe.data, mirror=mirror)
     train = _subsample(make_windows(splits.train, context), model["max_train_windows"], seed)
