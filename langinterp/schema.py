@@ -97,7 +97,7 @@ GBM_TABLE: Table = {
 }
 
 MAMBA_TABLE: Table = {
-    "d_model": integer(64, "width of the residual stream and of the embedding tied to the read-out", 1, 65536),
+    "d_model": integer(64, "width of the residual stream and of the embedding tied to the read-out", 1, 4096),
     "layers": integer(5, "Mamba blocks", 1, 256),
     "d_state": integer(32, "state entries per channel of the selective scan", 1, 1024),
     "expand": integer(2, "the mixer's inner width is expand * d_model", 1, 64),
@@ -141,11 +141,43 @@ TRANSFORMER_TABLE: Table = {
     "initialization": choice("linear", "weight initialisation of the piecewise layers", INITIALIZATIONS),
 }
 
+
+def _conv_table(
+    kernel: list[int], stride: list[int], channels: list[int], segments: list[int], n: int
+) -> Table:
+    """The options shared by the convolutional and tail-focus networks, with a family's defaults."""
+    return {
+        "kernel": items(kernel, "kernel width of each convolution layer, first layer first", (int,)),
+        "stride": items(stride, "stride of each convolution layer", (int,)),
+        "channels": items(channels, "1 (the characters), then the output channels of each layer", (int,)),
+        "segments": items(segments, "segments per link of each layer (128 for the character layer)", (int,)),
+        "n": integer(n, "nodes per segment of every layer (polynomial degree + 1)", 1, 16),
+        "kind": choice("continuous", "piecewise kind of every convolution layer", KINDS),
+        "normalization": choice(
+            "layer", "normalisation over channels after each convolution", NORMALIZATIONS
+        ),
+        "initialization": choice("linear", "weight initialisation of the piecewise layers", INITIALIZATIONS),
+    }
+
+
+CONV_TABLE: Table = _conv_table([10, 10, 10], [10, 10, 10], [1, 10, 100, 100], [128, 2, 2], 3)
+
+TAIL_FOCUS_TABLE: Table = {
+    **_conv_table([16, 2, 16], [8, 1, 8], [1, 250, 250, 100], [128, 2, 2], 2),
+    "focus": items(
+        [0, 0, 16],
+        "per layer: read only the last focus[i] positions of the layer's input (0: all of them)",
+        (int,),
+    ),
+}
+
 MODEL_TABLES: dict[str, Table] = {
     "mlp": MLP_TABLE,
     "gbm": GBM_TABLE,
     "mamba": MAMBA_TABLE,
     "transformer": TRANSFORMER_TABLE,
+    "conv": CONV_TABLE,
+    "tail_focus": TAIL_FOCUS_TABLE,
 }
 
 DATA_TABLE: Table = {
