@@ -45,7 +45,7 @@ class CharLM(pl.LightningModule):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model(codes)
 
-    def _measure(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def measure(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Cross-entropy (nats per character) and accuracy over every predicted position of the batch."""
         codes, targets = batch
         logits = self.model(codes)
@@ -60,7 +60,7 @@ class CharLM(pl.LightningModule):
         self._epoch_chars = 0
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, accuracy, chars = self._measure(batch)
+        loss, accuracy, chars = self.measure(batch)
         size = batch[0].shape[0]
         metrics = {"train_loss": loss, "train_bpc": loss.detach() / LN2, "train_acc": accuracy}
         self.log_dict(metrics, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
@@ -73,7 +73,7 @@ class CharLM(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss, accuracy, _ = self._measure(batch)
+        loss, accuracy, _ = self.measure(batch)
         metrics = {"valid_loss": loss, "valid_bpc": loss / LN2, "valid_acc": accuracy}
         self.log_dict(metrics, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=batch[0].shape[0])
 

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from langinterp.data import model_input_length
+from langinterp.errors import UsageError
 from langinterp.layers import CharacterInput, HighOrderLinear, codes_to_unit, normalization
+from langinterp.layers.basis import check_kind
 from langinterp.models.base import CharModel
 from langinterp.models.registry import register
 from langinterp.recipe import Recipe
@@ -91,6 +93,18 @@ class MLP(CharModel):
         return self.layers(codes)
 
 
+def check_tables(model: dict[str, Any]) -> None:
+    """A UsageError naming the table whose (layer, n, segments) describe no layer."""
+    for table in ("input", "hidden", "output"):
+        options = model[table]
+        if _piecewise(options):
+            try:
+                check_kind(options["layer"], options["n"], options["segments"])
+            except ValueError as error:
+                raise UsageError(f"model.{table}: {error}") from None
+
+
 @register("mlp")
 def build_mlp(recipe: Recipe) -> MLP:
+    check_tables(recipe.model)
     return MLP(recipe.model, model_input_length(recipe.data["kind"], recipe.data["context"]))
