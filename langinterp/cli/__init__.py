@@ -9,6 +9,7 @@ import sys
 import typer
 
 from langinterp.cli import (
+    automaton,  # noqa: F401
     evaluate,  # noqa: F401
     fetch,  # noqa: F401
     gbm,  # noqa: F401
