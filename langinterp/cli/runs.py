@@ -1,0 +1,197 @@
+"""`langinterp runs` (a table of every run) and `langinterp runs show R` (one run's details and history)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import JustifyMethod
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.table import Table
+
+from langinterp.cli.app import app, console
+from langinterp.paths import runs_dir
+from langinterp.runs import RunDir, find_run, list_runs
+
+runs_app = typer.Typer(help="List training runs, or show one run's details and metric history.")
+app.add_typer(runs_app, name="runs")
+
+EIGHTHS = " ▁▂▃▄▅▆▇█"
+
+
+def _when(created: str) -> str:
+    """An ISO time stamp in the reader's local time, to the minute."""
+    try:
+        return datetime.fromisoformat(created).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return created
+
+
+def _count(value: int) -> str:
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:.3g}{suffix}"
+    return str(value)
+
+
+def _bpc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@runs_app.callback(invoke_without_command=True)
+def runs(ctx: typer.Context) -> None:
+    """A table of every run, newest last: recipe, model, size, epochs, best held-out bits per character."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found = list_runs()
+    if not found:
+        console.print(f"no runs in {escape(str(runs_dir()))}; train one with `langinterp train RECIPE`")
+        return
+    table = Table(caption=f"runs: {escape(str(runs_dir()))}")
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("name", "left"),
+        ("recipe", "left"),
+        ("model", "left"),
+        ("data", "left"),
+        ("parameters", "right"),
+        ("epochs", "right"),
+        ("best valid bits/char", "right"),
+        ("status", "left"),
+        ("when", "left"),
+    )
+    for column, justify in columns:
+        table.add_column(column, justify=justify)
+    for run in found:
+        info = run.info()
+        table.add_row(
+            escape(info.name),
+            escape(info.recipe_name),
+            info.model_type,
+            info.data_kind,
+            _count(info.parameters),
+            str(info.epochs),
+            _bpc(info.best_valid_bpc),
+            info.status,
+            _when(info.created),
+        )
+    console.print(table)
+
+
+def epoch_history(path: Path) -> list[dict[str, float]]:
+    """One row per epoch from a run's metrics.csv: the last value each metric took in that epoch.
+
+    Lightning logs per step (`*_step`, dropped here) and per epoch (`*_epoch`, shown without the suffix);
+    `steps` is the last optimizer step of the epoch.
+    """
+    if not path.is_file():
+        return []
+    epochs: dict[int, dict[str, float]] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                epoch = int(float(row.get("epoch") or "nan"))
+            except ValueError:
+                continue
+            values = epochs.setdefault(epoch, {"epoch": float(epoch)})
+            for key, raw in row.items():
+                if not raw or key == "epoch" or key.endswith("_step"):
+                    continue
+                name = "steps" if key == "step" else key.removesuffix("_epoch")
+                try:
+                    values[name] = float(raw)
+                except ValueError:
+                    continue
+    return [epochs[epoch] for epoch in sorted(epochs)]
+
+
+def bar_chart(values: list[float | None], low: float, high: float, height: int = 4) -> list[str]:
+    """Rows (top first) of a column chart in eighth blocks: one column per value, None left blank.
+
+    Values are scaled between `low` and `high` so that the lowest still shows one eighth of a block.
+    """
+    levels = height * 8
+    span = high - low if high > low else 1.0
+    units = [None if value is None else 1 + round((value - low) / span * (levels - 1)) for value in values]
+    rows = []
+    for row in range(height - 1, -1, -1):
+        cells = [" " if unit is None else EIGHTHS[min(max(unit - row * 8, 0), 8)] for unit in units]
+        rows.append("".join(cells))
+    return rows
+
+
+def _resample(values: list[float | None], width: int) -> list[float | None]:
+    """At most `width` values, evenly spaced, first and last kept: long runs still fit a terminal."""
+    if len(values) <= width:
+        return values
+    return [values[round(index * (len(values) - 1) / (width - 1))] for index in range(width)]
+
+
+def loss_plot(history: list[dict[str, float]], width: int = 60, height: int = 4) -> list[str]:
+    """Train and valid loss per epoch, one chart each on a shared scale, labelled with its range."""
+    series = {
+        name: _resample([row.get(name) for row in history], width)
+        for name in ("train_loss", "valid_loss")
+        if any(name in row for row in history)
+    }
+    present = [value for values in series.values() for value in values if value is not None]
+    present = [value for value in present if math.isfinite(value)]
+    if not present:
+        return []
+    low, high = min(present), max(present)
+    lines = []
+    for name, values in series.items():
+        finite = [value if value is not None and math.isfinite(value) else None for value in values]
+        for index, row in enumerate(bar_chart(finite, low, high, height)):
+            axis = {0: f"{high:8.4f} ┤", height - 1: f"{low:8.4f} ┤"}.get(index, f"{'':9}│")
+            lines.append(f"{name if index == 0 else '':<11}{axis}{row}")
+    return lines
+
+
+def _format(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+
+
+@runs_app.command("show")
+def show(
+    run: str | None = typer.Argument(None, help="Run name or directory (default: the newest run)."),
+) -> None:
+    """A run's facts, its recipe, and its metrics per epoch with a small plot of the loss curves."""
+    found: RunDir = find_run(run)
+    info = found.info()
+    facts = Table(show_header=False, box=None, title=escape(info.name), title_justify="left")
+    for key, value in (
+        ("path", str(found.path)),
+        ("recipe", info.recipe_name),
+        ("model", info.model_type),
+        ("data", info.data_kind),
+        ("status", info.status),
+        ("created", _when(info.created)),
+        ("parameters", f"{info.parameters:,}"),
+        ("epochs", str(info.epochs)),
+        ("steps", f"{info.steps:,}"),
+        ("best valid bits/char", _bpc(info.best_valid_bpc)),
+        *((key, str(value)) for key, value in info.extra.items()),
+    ):
+        facts.add_row(f"[bold]{escape(key)}[/]", escape(value))
+    console.print(facts)
+    console.rule("recipe", style="dim")
+    console.print(Syntax(found.recipe_path.read_text(encoding="utf-8"), "toml", background_color="default"))
+    history = epoch_history(found.metrics_path)
+    console.rule("metrics per epoch", style="dim")
+    if not history:
+        console.print("no metrics recorded")
+        return
+    columns = ["epoch", "steps", *sorted({key for row in history for key in row} - {"epoch", "steps"})]
+    table = Table(*columns, box=None, header_style="bold")
+    for row in history:
+        table.add_row(*("" if key not in row else _format(row[key]) for key in columns))
+    console.print(table)
+    plot = loss_plot(history)
+    if plot:
+        console.print()
+        for line in plot:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
