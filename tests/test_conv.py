@@ -1,8 +1,11 @@
 """Convolutional and tail-focus networks: seed shapes, the convolution against a loop, focus truncates."""
 
+import json
+
 import pytest
 import torch
 
+from langinterp.cli import run
 from langinterp.errors import UsageError
 from langinterp.layers import HighOrderLinear
 from langinterp.models import build_model
@@ -53,9 +56,9 @@ def test_character_convolution_equals_the_input_layer_at_every_position() -> Non
         4, kernel=5, stride=5, n=2, segments=128, kind="continuous", init="uniform"
     ).double()
     codes = torch.randint(0, 128, (3, 20))
-    expected = torch.stack(
-        [conv.input.as_linear()(codes_unit(codes[:, p : p + 5])) for p in range(0, 16, 5)], 1
-    )
+    reference = conv.input.as_linear()
+    reference.path = "gather"  # the plain PyTorch path of the layer over codes_to_unit(codes)
+    expected = torch.stack([reference(codes_unit(codes[:, p : p + 5])) for p in range(0, 16, 5)], 1)
     assert torch.allclose(conv(codes), expected, rtol=0, atol=1e-12)
 
 
@@ -117,3 +120,30 @@ def test_the_last_characters_always_count_when_patches_do_not_tile_the_window() 
 def test_shapes_that_do_not_fit_are_refused(overrides: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         build_model(load_recipe("recipes/tail_focus.toml", [*SMALL_TAIL, *overrides]))
+
+
+CONV_TINY = ["data.context=100", "model.kernel=[10, 10]", "model.stride=[10, 10]", "model.channels=[1, 3, 4]"]
+TAIL_TINY = ["data.context=40", "model.kernel=[4, 2, 4]", "model.stride=[2, 1, 2]", "model.focus=[0, 0, 8]"]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides"),
+    [
+        ("recipes/conv.toml", [*CONV_TINY, "model.segments=[128, 2]"]),
+        ("recipes/tail_focus.toml", [*TAIL_TINY, "model.channels=[1, 3, 3, 4]"]),
+    ],
+)
+def test_the_recipe_trains_generates_and_evaluates_through_the_cli(
+    recipe: str, overrides: list[str], tmp_path, capsys
+) -> None:
+    book = tmp_path / "book.txt"
+    book.write_text("the dunwich horror came over the hills. " * 30, encoding="utf-8")
+    overrides = [*overrides, f"data.books=['{book}']", "trainer.max_epochs=1", "trainer.max_steps=3"]
+    overrides += ["trainer.batch_size=16", "trainer.samples=0", "trainer.accelerator='cpu'"]
+    assert run(["train", recipe, *overrides, "--run-name", "tiny", "--quiet"]) == 0
+    capsys.readouterr()
+    assert run(["generate", "--run", "tiny", "-p", "the hills", "-n", "20", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("the hills")
+    assert run(["evaluate", "--run", "tiny", "--file", str(book), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["characters"] > 900 and 0 < report["bits_per_char"] < 20
