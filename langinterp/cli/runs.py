@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.syntax import Syntax
@@ -51,31 +52,29 @@ def runs(ctx: typer.Context) -> None:
     if not found:
         console.print(f"no runs in {escape(str(runs_dir()))}; train one with `langinterp train RECIPE`")
         return
-    table = Table(caption=f"runs: {escape(str(runs_dir()))}")
+    # Seven columns, so that a table of runs fits an 80-column terminal: the data kind shows only when it
+    # is not the usual next-character one, the status only while a run is not finished.
+    table = Table(caption=f"runs: {escape(str(runs_dir()))}", box=box.SIMPLE_HEAD, pad_edge=False)
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("name", "left"),
         ("recipe", "left"),
         ("model", "left"),
-        ("data", "left"),
-        ("parameters", "right"),
+        ("params", "right"),
         ("epochs", "right"),
-        ("best valid bits/char", "right"),
-        ("status", "left"),
+        ("valid bpc", "right"),
         ("when", "left"),
     )
     for column, justify in columns:
-        table.add_column(column, justify=justify)
+        table.add_column(column, justify=justify, overflow="fold")
     for run in found:
         info = run.info()
         table.add_row(
             escape(info.name),
             escape(info.recipe_name),
-            info.model_type,
-            info.data_kind,
+            info.model_type if info.data_kind == "sequence" else f"{info.model_type} ({info.data_kind})",
             _count(info.parameters),
-            str(info.epochs),
+            str(info.epochs) if info.status == "finished" else f"{info.epochs} {info.status}",
             _bpc(info.best_valid_bpc),
-            info.status,
             _when(info.created),
         )
     console.print(table)

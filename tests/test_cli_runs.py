@@ -1,0 +1,135 @@
+"""`langinterp evaluate`, `langinterp runs` and `langinterp runs show` on a tiny run trained once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli_generate import CONTEXT, TEXT, Trained, centered_run, cli, train_tiny
+
+from langinterp.cli.runs import EIGHTHS, bar_chart, epoch_history
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    home = tmp_path_factory.mktemp("trained-home")
+    return Trained(home, train_tiny(home))
+
+
+def test_evaluate_scores_the_held_out_tail_as_training_did(trained: Trained, capsys) -> None:
+    code, out, _ = cli(capsys, "evaluate", "--run", str(trained.run.path), "--json")
+    assert code == 0
+    result = json.loads(out)
+    held_out = round(len(TEXT) * 40 * 0.1)  # data.holdout of the one training book
+    assert result["characters"] == held_out - CONTEXT
+    assert result["text"] == "held-out validation text"
+    assert result["bits_per_char"] == pytest.approx(trained.run.info().best_valid_bpc, rel=1e-3)
+    assert result["accuracy"] == 1.0
+    assert result["model"].startswith("run fox, best checkpoint")
+
+
+def test_evaluate_a_file_with_either_checkpoint_as_a_table(trained: Trained, capsys, tmp_path) -> None:
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT * 3, encoding="utf-8")
+    run = str(trained.run.path)
+    code, out, _ = cli(
+        capsys, "evaluate", "--run", run, "--checkpoint", "last", "--file", str(other), "--json"
+    )
+    assert code == 0
+    assert json.loads(out)["characters"] == len(TEXT) * 3 - CONTEXT
+    assert "last checkpoint" in json.loads(out)["model"]
+    code, out, _ = cli(capsys, "evaluate", "--run", run, "--file", str(other))
+    assert code == 0
+    assert "bits per character" in out
+    assert f"{len(TEXT) * 3 - CONTEXT:,}" in out
+    assert "100.00%" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--book", "84", "--file", "x.txt"], "either --book or --file"),
+        (["--file", "x.txt", "--split", "test"], "does not go with"),
+        (["--split", "train"], "--split must be valid or test"),
+        (["--split", "test"], "no test text (data.test_books)"),
+        (["--file", "missing.txt"], "does not exist"),
+        (["--book", "eighty"], "eighty"),
+        (["--checkpoint", "nothing.ckpt"], "does not exist"),
+        (["--batch-size", "0"], "batch size"),
+    ],
+)
+def test_evaluate_mistakes_end_in_one_clear_line(
+    trained: Trained, args, message, capsys, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "evaluate", "--run", str(trained.run.path), *args)
+    assert (code, out) == (2, "")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_runs_lists_every_run_and_says_when_there_are_none(trained: Trained, capsys, monkeypatch) -> None:
+    code, out, _ = cli(capsys, "runs")
+    assert code == 0
+    assert "no runs in" in out
+    monkeypatch.setenv("LANGINTERP_HOME", str(trained.home))
+    code, out, _ = cli(capsys, "runs")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "fox" in line)
+    assert "mlp" in row
+    assert f"{trained.run.info().best_valid_bpc:.4f}" in row
+    assert "finished" not in row  # a status shows only while a run is not finished
+    assert "centered" not in row
+
+
+def test_runs_marks_centered_and_unfinished_runs(capsys) -> None:
+    centered_run()
+    code, out, _ = cli(capsys, "runs")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "middle" in line)
+    assert "mlp" in row
+    assert "0 running" in row
+    assert "(centered)" in out  # beside the model type, folded onto a second line in 80 columns
+
+
+def test_runs_show_prints_facts_recipe_history_and_a_loss_plot(trained: Trained, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("LANGINTERP_HOME", str(trained.home))
+    code, out, _ = cli(capsys, "runs", "show", "fox")
+    assert code == 0
+    assert str(trained.run.path) in out.replace("\n", "")
+    assert f"context = {CONTEXT}" in out
+    assert "metrics per epoch" in out
+    assert "valid_bpc" in out
+    plot = [line for line in out.splitlines() if "┤" in line]
+    assert len(plot) == 4  # top and bottom of the train and the valid chart
+    assert plot[0].startswith("train_loss")
+    assert any(block in out for block in EIGHTHS[1:])
+    code, _, err = cli(capsys, "runs", "show", "nobody")
+    assert code == 2
+    assert "run 'nobody' not found" in err
+
+
+def test_epoch_history_keeps_the_last_epoch_values_and_drops_step_values(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(
+        "epoch,step,train_loss_epoch,train_loss_step,valid_loss\n"
+        "0,9,,3.0,\n"
+        "0,19,,2.5,\n"
+        "0,19,,,2.4\n"
+        "0,19,2.7,,\n"
+        "1,39,,1.5,\n"
+        "1,39,,,1.6\n"
+        "1,39,1.8,,\n",
+        encoding="utf-8",
+    )
+    assert epoch_history(metrics) == [
+        {"epoch": 0.0, "steps": 19.0, "train_loss": 2.7, "valid_loss": 2.4},
+        {"epoch": 1.0, "steps": 39.0, "train_loss": 1.8, "valid_loss": 1.6},
+    ]
+    assert epoch_history(tmp_path / "absent.csv") == []
+
+
+def test_bar_chart_scales_columns_in_eighths_between_low_and_high() -> None:
+    assert bar_chart([0.0, 1.0, None], 0.0, 1.0, height=1) == ["▁█ "]
+    assert bar_chart([0.0, 0.5, 1.0], 0.0, 1.0, height=2) == [" ▁█", "▁██"]
