@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_cli_generate import CONTEXT, TEXT, Trained, centered_run, cli, train_tiny
 
-from langinterp.cli.runs import EIGHTHS, bar_chart, epoch_history
+from langinterp.cli.runs import EIGHTHS, bar_chart, epoch_history, table_columns
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +133,9 @@ def test_epoch_history_keeps_the_last_epoch_values_and_drops_step_values(tmp_pat
 def test_bar_chart_scales_columns_in_eighths_between_low_and_high() -> None:
     assert bar_chart([0.0, 1.0, None], 0.0, 1.0, height=1) == ["▁█ "]
     assert bar_chart([0.0, 0.5, 1.0], 0.0, 1.0, height=2) == [" ▁█", "▁██"]
+
+
+def test_the_metric_table_leaves_out_losses_that_repeat_bits_per_char() -> None:
+    row = {"epoch": 0.0, "steps": 9.0, "valid_loss": 1.0, "valid_bpc": 1.4, "train_loss": 2.0, "lr": 0.1}
+    history = [row]
+    assert table_columns(history) == ["epoch", "steps", "lr", "train_loss", "valid_bpc"]

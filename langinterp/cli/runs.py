@@ -151,7 +151,16 @@ def loss_plot(history: list[dict[str, float]], width: int = 60, height: int = 4)
 
 
 def _format(value: float) -> str:
-    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.2e}" if abs(value) < 1e-3 else f"{value:.4g}"
+
+
+def table_columns(history: list[dict[str, float]]) -> list[str]:
+    """Epoch, steps, then every metric but a `*_loss` whose `*_bpc` is there (the same number over ln 2)."""
+    names = {key for row in history for key in row} - {"epoch", "steps"}
+    shown = {name for name in names if not (name.endswith("_loss") and f"{name[:-5]}_bpc" in names)}
+    return ["epoch", "steps", *sorted(shown)]
 
 
 @runs_app.command("show")
@@ -184,8 +193,10 @@ def show(
     if not history:
         console.print("no metrics recorded")
         return
-    columns = ["epoch", "steps", *sorted({key for row in history for key in row} - {"epoch", "steps"})]
-    table = Table(*columns, box=None, header_style="bold")
+    columns = table_columns(history)
+    table = Table(box=None, header_style="bold")
+    for column in columns:
+        table.add_column(column, justify="right", overflow="fold")
     for row in history:
         table.add_row(*("" if key not in row else _format(row[key]) for key in columns))
     console.print(table)
