@@ -90,10 +90,15 @@ GBM_TABLE: Table = {
     "learning_rate": real(0.1, "shrinkage applied to each new tree", 1e-6, 10.0),
     "min_data_in_leaf": integer(20, "fewest training windows in a leaf", 1, 10**9),
     "early_stopping": integer(
-        10, "stop after this many rounds without a lower held-out loss (0: off; needs held-out text)", 0, 100_000
+        10,
+        "stop after this many rounds without a lower held-out loss (0: off; needs held-out text)",
+        0,
+        100_000,
     ),
     "threads": integer(0, "LightGBM threads (0: LightGBM's default, one per core)", 0, 4096),
-    "max_train_windows": integer(0, "train on a seeded random subsample of this many windows (0: all)", 0, 10**12),
+    "max_train_windows": integer(
+        0, "train on a seeded random subsample of this many windows (0: all)", 0, 10**12
+    ),
 }
 
 MAMBA_TABLE: Table = {

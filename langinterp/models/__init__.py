@@ -4,7 +4,9 @@ from langinterp.models.base import CharModel
 from langinterp.models.registry import build_model, register, registered_types
 
 __all__ = ["CharModel", "build_model", "register", "registered_types"]
-from langinterp.models import mlp  # noqa: E402,F401
-from langinterp.models import mamba  # noqa: E402,F401
-from langinterp.models import transformer  # noqa: E402,F401
-from langinterp.models import conv  # noqa: E402,F401
+from langinterp.models import (
+    conv,  # noqa: F401
+    mamba,  # noqa: F401
+    mlp,  # noqa: F401
+    transformer,  # noqa: F401
+)
