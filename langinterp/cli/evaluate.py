@@ -66,7 +66,8 @@ def evaluate(
         result = {"model": loaded.source, "text": what, **vars(scores)}
         console.file.write(json.dumps(result) + "\n")
         return
-    table = Table(title=f"{escape(loaded.source)} on {escape(what)}", show_header=False, box=None)
+    console.print(f"{escape(loaded.source)} on {escape(what)}", highlight=False)
+    table = Table(show_header=False, box=None)
     table.add_row("bits per character", f"{scores.bits_per_char:.4f}")
     table.add_row("accuracy", f"{scores.accuracy:.2%}")
     table.add_row("characters", f"{scores.characters:,}")
