@@ -19,30 +19,22 @@ from langinterp.paths import atomic_write
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir
 from langinterp.sampling import SamplingOptions, generate
+from langinterp.shuffle import epoch_seed
 from langinterp.text import decode
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch: a function of the recipe's seed and the epoch number only."""
-    return (seed * 1_000_003 + epoch) % (2**32)
-
-
 class EpochSeed(pl.Callback):
-    """Reseed every random source (and the shuffling generator) at the start of each epoch.
+    """Reseed the global random sources at the start of each epoch.
 
-    Lightning does not checkpoint random states, so without this a resumed run would shuffle its next epoch
-    differently from an uninterrupted one. With it, epoch e draws the same numbers however it was reached.
+    Lightning does not checkpoint random states; with this, whatever draws from them during an epoch
+    (dropout, say) draws the same numbers whether the run was resumed or not.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seed = epoch_seed(self.seed, trainer.current_epoch)
-        pl.seed_everything(seed, workers=True, verbose=False)
-        generator = getattr(trainer.train_dataloader, "generator", None)
-        if isinstance(generator, torch.Generator):
-            generator.manual_seed(seed)
+        pl.seed_everything(epoch_seed(self.seed, trainer.current_epoch), workers=True, verbose=False)
 
 
 def _first_line(error: BaseException) -> str:

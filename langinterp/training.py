@@ -21,6 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from torch.utils.data import DataLoader
 
 from langinterp.callbacks import BatchAudit, EpochSeed, ProgressBar, RunRecorder, Samples
 from langinterp.checkpoint_io import AtomicCheckpointIO
@@ -31,6 +32,7 @@ from langinterp.models import registered_types
 from langinterp.paths import runs_dir
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir, create_run, find_run, timestamped_name
+from langinterp.shuffle import epoch_shuffled
 from langinterp.trainable import CharLM
 
 RUN_ENV = "LANGINTERP_RUN"
@@ -45,8 +47,20 @@ QUIET_WARNINGS = (
     r".*number of training batches .* is smaller than the logging interval.*",
     r".*You're resuming from a checkpoint that ended before the epoch ended.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*Total length of `list` across ranks is zero.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
 )
+
+
+class TrainingData(CharDataModule):
+    """The recipe's data with the training order fixed by (seed, epoch), which makes resume exact."""
+
+    def train_dataloader(self) -> DataLoader:
+        return epoch_shuffled(super().train_dataloader(), self.seed, self._next_epoch)
+
+    def _next_epoch(self) -> int:
+        """The epoch about to be served: epochs already processed (restored from a checkpoint on resume)."""
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
 
 class TrainingInterrupted(LanginterpError):
@@ -262,7 +276,7 @@ def train(
     with _quiet_lightning():
         pl.seed_everything(options["seed"], workers=True, verbose=False)
         module = CharLM(recipe)
-        datamodule = CharDataModule(recipe, reads=module.model.reads, mirror=mirror)
+        datamodule = TrainingData(recipe, reads=module.model.reads, mirror=mirror)
         trainer = pl.Trainer(
             **settings,
             max_epochs=options["max_epochs"],

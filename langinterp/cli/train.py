@@ -15,40 +15,34 @@ from langinterp.errors import UsageError
 if TYPE_CHECKING:
     from langinterp.runs import RunDir
 
-NEWEST = "\0newest"
-
 
 def _split_arguments(
-    recipe: str | None, overrides: list[str], resuming: bool
-) -> tuple[Path | None, list[str]]:
-    """When resuming there is no recipe file: every positional argument is a key=value override."""
-    if not resuming:
+    recipe: str | None, overrides: list[str], resume: bool
+) -> tuple[Path | None, str | None, list[str]]:
+    """(recipe file, run to resume, overrides). With --resume the first positional argument, unless it is a
+    key=value override, names the run (none: the newest run), and the recipe is the run's own."""
+    if not resume:
         if recipe is None:
-            raise UsageError("give a recipe file to train (or --resume RUN)")
-        return Path(recipe), overrides
-    if recipe is not None and "=" not in recipe:
-        raise UsageError(
-            f"--resume continues a run with its own recipe; {recipe!r} is not a key=value override"
-        )
-    return None, ([recipe] if recipe else []) + overrides
+            raise UsageError("give a recipe file to train (or --resume [RUN])")
+        return Path(recipe), None, overrides
+    if recipe is not None and "=" in recipe:
+        return None, None, [recipe, *overrides]
+    return None, recipe, overrides
 
 
 @app.command()
 def train(
     recipe: str | None = typer.Argument(
-        None, help="Recipe TOML file (omit with --resume).", show_default=False
+        None,
+        help="Recipe TOML file; with --resume, the run to continue (default: the newest).",
+        show_default=False,
     ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. trainer.max_epochs=5."),
     run_name: str | None = typer.Option(
         None, "--run-name", help="Run directory name (default: recipe-time)."
     ),
-    resume: str | None = typer.Option(
-        None,
-        "--resume",
-        flag_value=NEWEST,
-        help="Continue RUN (default: the newest) from its last checkpoint; overrides may change trainer.*.",
-        metavar="[RUN]",
-        show_default=False,
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a run from its last checkpoint; overrides may change trainer.*."
     ),
     mirror: str | None = typer.Option(
         None,
@@ -69,22 +63,15 @@ def train(
     from langinterp.runs import find_run
     from langinterp.training import is_global_zero, train
 
-    if resume is not None and "=" in resume:
-        # `--resume key=value`: the flag took the first override as its value; resume the newest run instead.
-        overrides = [resume, *([recipe] if recipe else []), *(overrides or [])]
-        recipe, resume = None, NEWEST
-    path, changes = _split_arguments(recipe, overrides or [], resume is not None)
+    path, target, changes = _split_arguments(recipe, overrides or [], resume)
     if path is not None:
         resolved = load_recipe(path, changes)
-        target: str | bool | None = None
     else:
-        target = True if resume == NEWEST else resume
-        stored = find_run(None if target is True else target).recipe()
-        resolved = stored.with_overrides(changes)
+        resolved = find_run(target).recipe().with_overrides(changes)
     run = train(
         resolved,
         run_name=run_name,
-        resume=target,
+        resume=(target or True) if resume else None,
         mirror=resolve_mirror(mirror),
         accelerator=accelerator,
         devices=int(devices) if devices and devices.isdigit() else devices,

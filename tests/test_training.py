@@ -1,0 +1,261 @@
+"""Training end to end on tiny texts: real Lightning runs, real checkpoints on disk, CPU only."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from langinterp import training
+from langinterp.cli import run as cli
+from langinterp.data import WindowDataset, dataset_kind
+from langinterp.errors import UsageError
+from langinterp.models import build_model, registered_types
+from langinterp.recipe import Recipe, load_recipe, resolve
+from langinterp.runs import find_run, list_runs, load_checkpoint
+from langinterp.text import encode
+from langinterp.trainable import PLATEAU_KEY, CharLM
+from langinterp.training import TrainingInterrupted, train
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "seven",
+    "small",
+    "birds",
+    "sing",
+    "in",
+    "tall",
+    "green",
+    "trees",
+]
+MEMORISE = (
+    "It was a bright cold day in April, and the clocks were striking thirteen. Winston Smith, his chin "
+    "nuzzled into his breast in an effort to escape the vile wind, slipped quickly through the glass doors."
+)
+
+
+@pytest.fixture
+def small_text(tmp_path: Path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(WORDS), (260,), generator=generator).tolist()
+    path = tmp_path / "small.txt"
+    path.write_text(" ".join(WORDS[i] for i in picks), encoding="utf-8")
+    return path
+
+
+def tiny_recipe(text: Path, *overrides: str) -> Recipe:
+    raw = {
+        "data": {"books": [str(text)], "context": 4, "holdout": 0.2},
+        "model": {"hidden": {"width": 16}},
+        "optimizer": {"lr": 3e-3},
+        "trainer": {"max_epochs": 2, "batch_size": 32, "samples": 1, "sample_chars": 20},
+    }
+    return resolve(raw, overrides, name="tiny")
+
+
+def _checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_training_state(left: Path, right: Path) -> None:
+    a, b = _checkpoint(left), _checkpoint(right)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys()
+    for index in state_a:
+        for name, value in state_a[index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][name])), (index, name)
+    assert a[PLATEAU_KEY] == b[PLATEAU_KEY]
+
+
+def test_training_lowers_the_loss_and_writes_the_run(small_text: Path) -> None:
+    run = train(tiny_recipe(small_text), quiet=True)
+    info = run.info()
+    assert (info.status, info.epochs) == ("finished", 2)
+    assert info.parameters == sum(p.numel() for p in build_model(tiny_recipe(small_text)).parameters())
+    assert info.best_valid_bpc is not None and 0 < info.best_valid_bpc < 7
+    assert info.extra["fold"] == {str(small_text): {"folded": 0, "dropped": 0}}
+    assert load_recipe(run.recipe_path).values == tiny_recipe(small_text).values
+
+    rows = run.metrics_path.read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [
+        float(r.split(",")[header.index("train_loss_step")])
+        for r in rows[1:]
+        if r.split(",")[header.index("train_loss_step")]
+    ]
+    assert len(losses) >= 2 and losses[-1] < losses[0] - 0.5
+    assert "valid_bpc" in header and "chars_per_s" in header
+
+    for which in ("best", "last"):
+        payload = _checkpoint(run.checkpoint(which))  # weights_only=True: plain data only
+        assert payload["hyper_parameters"]["recipe"] == tiny_recipe(small_text).values
+        assert payload["hyper_parameters"]["vocab_size"] == 128
+        loaded = load_checkpoint(run.checkpoint(which))
+        model = build_model(loaded.recipe)
+        model.load_state_dict(loaded.state_dict)
+    assert loaded.global_step == info.steps
+
+    samples = run.samples_path.read_text()
+    assert "--- epoch 1, sample 1" in samples and "--- epoch 2, sample 1" in samples
+
+
+def test_runs_are_repeatable_and_resume_continues_exactly(small_text: Path) -> None:
+    whole = train(tiny_recipe(small_text), run_name="whole", quiet=True)
+    again = train(tiny_recipe(small_text), run_name="again", quiet=True)
+    _assert_same_training_state(whole.checkpoint("last"), again.checkpoint("last"))
+
+    first = train(tiny_recipe(small_text, "trainer.max_epochs=1"), run_name="halves", quiet=True)
+    assert _checkpoint(first.checkpoint("last"))["epoch"] == 0
+    # Through the CLI: `--resume` without a name takes the newest run; the flag's value is an override.
+    assert cli(["train", "--resume", "trainer.max_epochs=2", "--quiet"]) == 0
+    assert first.info().status == "finished" and first.info().epochs == 2
+    assert load_recipe(first.recipe_path).trainer["max_epochs"] == 2
+    _assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
+
+
+class _StopAt(pl.Callback):
+    """Presses Ctrl-C at a given global step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_checkpoint(small_text: Path) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="--resume stopped"):
+        train(tiny_recipe(small_text), run_name="stopped", extra_callbacks=[_StopAt(3)], quiet=True)
+    assert signal.getsignal(signal.SIGINT) == handler
+    run = find_run("stopped")
+    assert run.info().status == "interrupted"
+    assert load_checkpoint(run.checkpoint("last")).global_step == 3
+
+    resumed = train(None, resume="stopped", quiet=True)
+    info = resumed.info()
+    assert (info.status, info.epochs) == ("finished", 2)
+    assert info.steps > 3
+
+
+def test_a_tiny_model_memorises_a_short_text(tmp_path: Path) -> None:
+    text = tmp_path / "memorise.txt"
+    text.write_text(MEMORISE, encoding="utf-8")
+    recipe = resolve(
+        {
+            "data": {"books": [str(text)], "context": 6, "holdout": 0.0},
+            "model": {"hidden": {"width": 32}},
+            "optimizer": {"name": "adamw", "lr": 0.02},
+            "scheduler": {"name": "none"},
+            "trainer": {"max_epochs": 10, "batch_size": 32, "samples": 0},
+        },
+        name="memorise",
+    )
+    run = train(recipe, quiet=True)
+    # No held-out text: the best checkpoint is the last one.
+    assert run.checkpoint("best").read_bytes() == run.checkpoint("last").read_bytes()
+    loaded = load_checkpoint(run.checkpoint("best"))
+    model = build_model(loaded.recipe)
+    model.load_state_dict(loaded.state_dict)
+    windows = WindowDataset([encode(MEMORISE)], 6, "sequence")
+    codes, targets = windows.__getitems__(list(range(len(windows))))
+    with torch.no_grad():
+        accuracy = (model(codes.long()).argmax(dim=-1) == targets).float().mean().item()
+    assert accuracy >= 0.95
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_builds_and_runs_one_batch(path: Path) -> None:
+    recipe = load_recipe(path)
+    if recipe.model["type"] not in registered_types():
+        pytest.skip(f"{recipe.model['type']} is not a neural family (trained by its own command)")
+    torch.manual_seed(0)
+    module = CharLM(recipe)
+    kind = dataset_kind(recipe.data["kind"], module.model.reads)
+    text = torch.randint(32, 127, (recipe.data["context"] + 8,), dtype=torch.uint8)
+    dataset = WindowDataset([text], recipe.data["context"], kind)
+    loss, accuracy, chars = module.measure(dataset.__getitems__([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and 0 <= accuracy <= 1
+    assert chars == (2 if module.model.reads == "window" else 2 * recipe.data["context"])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_cli_trains_and_reports(small_text: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "cli.toml"
+    recipe.write_text(tiny_recipe(small_text, "trainer.max_epochs=1").to_toml(), encoding="utf-8")
+    assert cli(["train", str(recipe), "--run-name", "cli", "--quiet", "trainer.samples=0"]) == 0
+    out = capsys.readouterr().out
+    assert "run cli: 1 epochs" in out and "valid_bpc" in out
+    assert f"{small_text}: 0 characters folded to ASCII, 0 dropped" in out.replace("\n", "")
+    assert [run.name for run in list_runs()] == ["cli"]
+
+
+def test_cli_refuses_bad_requests(
+    small_text: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gbm = tmp_path / "gbm.toml"
+    gbm.write_text(f'[data]\nbooks = ["{small_text}"]\n[model]\ntype = "gbm"\n', encoding="utf-8")
+    assert cli(["train", str(gbm)]) == 2
+    assert "gbm recipes train with `langinterp gbm`" in capsys.readouterr().err
+    assert cli(["train", "--resume"]) == 2
+    assert "no run in" in capsys.readouterr().err
+    assert cli(["train"]) == 2
+    assert "give a recipe file" in capsys.readouterr().err
+    assert list_runs() == []
+
+
+def test_resume_refuses_to_change_the_model(small_text: Path) -> None:
+    train(tiny_recipe(small_text, "trainer.max_epochs=1", "trainer.samples=0"), run_name="base", quiet=True)
+    with pytest.raises(UsageError, match="cannot change model.hidden.width when resuming"):
+        train(tiny_recipe(small_text, "model.hidden.width=8"), resume="base")
+    with pytest.raises(UsageError, match="--run-name names a new run"):
+        train(None, resume="base", run_name="other")
+
+
+def test_hardware_settings() -> None:
+    settings = training.lightning_hardware(tiny_recipe(Path("x")).trainer)
+    if not torch.cuda.is_available():
+        assert settings["accelerator"] == "cpu" and settings["precision"] == "32-true"
+        assert settings["deterministic"] is True
+        with pytest.raises(UsageError, match="no CUDA device"):
+            training.lightning_hardware(tiny_recipe(Path("x"), 'trainer.accelerator="gpu"').trainer)
+
+
+def test_ranks_agree_on_the_run_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = tiny_recipe(Path("x"))
+    for name in (*training.RANK_VARIABLES, training.RUN_ENV, "WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert training.is_global_zero()
+    assert training._shared_name(recipe, "given") == "given"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv(training.RUN_ENV, "from-rank-0")
+    assert not training.is_global_zero()
+    assert training._shared_name(recipe, None) == "from-rank-0"
+    monkeypatch.delenv(training.RUN_ENV)
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    with pytest.raises(UsageError, match="needs --run-name"):
+        training._shared_name(recipe, None)
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    assert training._shared_name(recipe, None) == "tiny-job1234"
