@@ -63,7 +63,7 @@ class CharLM(pl.LightningModule):
         loss, accuracy, chars = self.measure(batch)
         size = batch[0].shape[0]
         metrics = {"train_loss": loss, "train_bpc": loss.detach() / LN2, "train_acc": accuracy}
-        self.log_dict(metrics, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_dict(metrics, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=size)
         # Characters per second over the epoch so far, all ranks together: smoother than per step, and it
         # counts data loading, which is part of what training costs.
         self._epoch_chars += chars
