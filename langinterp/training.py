@@ -179,6 +179,7 @@ def _open_run(
             raise UsageError("give a recipe to train, or --resume a run")
         recipe = _with_hardware(recipe, **hardware)
         _check_trainable(recipe)
+        lightning_hardware(recipe.trainer)  # refuse impossible hardware before a run directory exists
         name = _shared_name(recipe, run_name)
         run = create_run(recipe, name) if is_global_zero() else RunDir(runs_dir() / name)
         return run, recipe, None
