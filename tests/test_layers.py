@@ -216,6 +216,36 @@ def test_torch_compile():
     assert x.grad is not None and layer.weight.grad is not None
 
 
+def test_character_input_under_torch_compile():
+    layer = CharacterInput(4, 5, 2)
+    codes = torch.randint(0, 128, (3, 4))
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(codes)
+    y.sum().backward()
+    torch.testing.assert_close(y, layer(codes))
+    assert layer.weight.grad is not None
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_kernel_results_do_not_depend_on_thread_count():
+    layer = make("continuous", 3, 64, inputs=40, outputs=70, path="kernel", dtype=torch.float32)
+    x = (torch.rand(33, 40) * 2.2 - 1.1).requires_grad_()
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            layer.zero_grad()
+            x.grad = None
+            y = layer(x)
+            (y * torch.arange(70.0)).sum().backward()
+            results.append((y.detach(), x.grad, layer.weight.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_matches_cpu(kind):

@@ -6,7 +6,8 @@ is a fixed combination of n weights: sum_k phi_k(t_c) weight[i, j_c * stride + k
 every code sits at the centre of its own segment (t = 0). The layer therefore builds, per call, the table
 T[i, c, :] (in*128*n*out multiply-adds, independent of the batch) and sums the rows T[i, codes[..., i]]
 with embedding_bag: the cost of an embedding, and exactly HighOrderLinear(length, out, ...) applied to
-codes_to_unit(codes) (``as_linear`` returns that layer, sharing the weight parameter).
+codes_to_unit(codes) (``as_linear`` returns that layer, sharing the weight parameter). With 128 segments
+the table is a combination of strided views of the weights (nothing gathered).
 """
 
 import torch
@@ -58,12 +59,18 @@ class CharacterInput(nn.Module):
         """The number of character positions read, named as on HighOrderLinear."""
         return self.length
 
+    def _view_step(self) -> int | None:
+        """The weight stride between consecutive codes when every code has its own segment, else None."""
+        return stride(self.kind, self.n) if self.segments == CODES else None
+
+    def code_basis(self) -> Tensor:
+        """phi [128, n]: the basis values of each code's local coordinate, in the weight's dtype."""
+        weight = self.weight
+        return lagrange(self.code_t.to(weight.dtype), chebyshev_lobatto(self.n, weight.dtype, weight.device))
+
     def table(self) -> Tensor:
         """T[i, c, o]: the contribution of code c at position i to output o, differentiable in the weights."""
-        weight = self.weight
-        phi = lagrange(self.code_t.to(weight.dtype), chebyshev_lobatto(self.n, weight.dtype, weight.device))
-        gathered = weight[:, self.code_rows]  # [length, 128, n, out]
-        return torch.einsum("icko,ck->ico", gathered, phi)
+        return _table(self.weight, self.code_rows, self.code_basis(), self._view_step())
 
     def forward(self, codes: Tensor) -> Tensor:
         if codes.shape[-1] != self.length:
@@ -71,9 +78,9 @@ class CharacterInput(nn.Module):
         if codes.is_floating_point():
             raise ValueError("CharacterInput reads integer character codes; use HighOrderLinear for reals")
         lead = codes.shape[:-1]
-        indices = codes.reshape(-1, self.length).long() + self.position_offset
-        table = self.table().reshape(-1, self.out_features)
-        return F.embedding_bag(indices, table, mode="sum").reshape(*lead, self.out_features)
+        positions = codes.reshape(-1, self.length).long() + self.position_offset
+        y = _Lookup.apply(self.weight, positions, self.code_rows, self.code_basis(), self._view_step())
+        return y.reshape(*lead, self.out_features)
 
     def as_linear(self) -> HighOrderLinear:
         """The equivalent HighOrderLinear over codes_to_unit(codes), sharing this module's weight."""
@@ -86,3 +93,46 @@ class CharacterInput(nn.Module):
             f"length={self.length}, out_features={self.out_features}, n={self.n}, "
             f"segments={self.segments}, kind={self.kind!r}"
         )
+
+
+def _table(weight: Tensor, rows: Tensor, phi: Tensor, step: int | None) -> Tensor:
+    """T[i, c] = sum_k phi[c, k] weight[i, rows[c, k]]. With 128 segments rows[c, k] = c * step + k, so the
+    k-th term is a strided view of the weights and nothing is gathered (pass that step; else None)."""
+    n = rows.shape[1]
+    if step is not None:
+        return sum(phi[:, k, None] * weight[:, k : k + CODES * step : step] for k in range(n))
+    return sum(phi[:, k, None] * weight.index_select(1, rows[:, k]) for k in range(n))
+
+
+class _Lookup(torch.autograd.Function):
+    """y[b] = sum_i T[i, positions[b, i] - 128 i], with T built from the weights inside, so that autograd
+    keeps neither T nor its gather. The backward adds dy into dT one position at a time (index_add, no
+    sort) and maps dT back onto the weights term by term: both cost about as much as the forward pass."""
+
+    @staticmethod
+    def forward(
+        ctx, weight: Tensor, positions: Tensor, rows: Tensor, phi: Tensor, step: int | None
+    ) -> Tensor:
+        table = _table(weight, rows, phi, step)
+        ctx.save_for_backward(positions, rows, phi)
+        ctx.weight_shape, ctx.step = weight.shape, step
+        return F.embedding_bag(positions, table.reshape(-1, weight.shape[2]), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        positions, rows, phi = ctx.saved_tensors
+        length, _, outputs = ctx.weight_shape
+        grad = grad.contiguous()
+        grad_table = grad.new_zeros(length * CODES, outputs)
+        for i in range(length):
+            grad_table.index_add_(0, positions[:, i], grad)
+        grad_table = grad_table.view(length, CODES, outputs)
+        grad_weight = grad.new_zeros(ctx.weight_shape)
+        step = ctx.step
+        for k in range(rows.shape[1]):
+            term = grad_table * phi[:, k, None]
+            if step is not None:
+                grad_weight[:, k : k + CODES * step : step] += term
+            else:
+                grad_weight.index_add_(1, rows[:, k], term)
+        return grad_weight, None, None, None, None

@@ -32,41 +32,20 @@ struct Basis {
     }
 };
 
-// Scratch for one sample: local coordinates, segments, and for every active entry e = k*I + i its basis
-// value, derivative and table row. Sized by I*n, so it stays in the L1/L2 cache.
-template <typename T>
-struct Row {
-    std::unique_ptr<T[]> t, scale, phi, dphi;
-    std::unique_ptr<int32_t[]> seg, row_of;
-    Row(int I, int n, bool derivative)
-        : t(new T[I]), scale(new T[I]), phi(new T[I * n]), dphi(derivative ? new T[I * n] : nullptr), seg(new int32_t[I]),
-          row_of(new int32_t[I * n]) {}
-};
-
 // Segment j = clamp(floor((x + 1) / 2 * s), 0, s - 1) and local coordinate t = s (x + 1) - 2 j - 1, in
-// high-order-layers-torch's arithmetic (t = 2 (x - lo) / (hi - lo) - 1, dt/dx = 2 / (hi - lo)); then phi_k(t) = prod_{m != k} (t - X_m) / (X_k - X_m) and, by the
-// product rule, its derivative. The loops run over inputs innermost so that they vectorise.
-template <typename T>
-void locate(const Basis<T>& b, const T* x, int I, int s, int stride, int K, Row<T>& row) {
-    const int n = b.n;
-    T* t = row.t.get();
-    T* scale = row.scale.get();
-    int32_t* seg = row.seg.get();
-#pragma omp simd
-    for (int i = 0; i < I; ++i) {
-        const T u = (x[i] + T(1)) / T(2) * T(s);
-        T jf = std::floor(u);
-        jf = jf >= T(0) ? jf : T(0);  // also sends NaN to the first segment, never to an invalid row
-        jf = jf <= T(s - 1) ? jf : T(s - 1);
-        seg[i] = int32_t(jf);
-        const T low = jf / T(s) * T(2) - T(1), high = (jf + T(1)) / T(s) * T(2) - T(1);
-        t[i] = T(2) * ((x[i] - low) / (high - low)) - T(1);
-        scale[i] = T(2) / (high - low);
-    }
+// high-order-layers-torch's arithmetic (t = 2 (x - lo) / (hi - lo) - 1, dt/dx = 2 / (hi - lo)); then
+// phi_k(t) = prod_{m != k} (t - X_m) / (X_k - X_m) and, by the product rule, its derivative times dt/dx.
+// Results are laid out [rows, n, I] (entry e = k * I + i, so stores are contiguous): phi, the table row
+// of each active weight, and optionally dphi/dx.
+// Basis values of one row for node count N known at compile time (N = 0: read b.n at run time), so
+// that the product loops unroll and the loop over inputs vectorises.
+template <typename T, int N>
+inline void basis_row(const Basis<T>& b, int I, const T* __restrict t, const T* __restrict scale,
+                      const int32_t* __restrict first, T* __restrict phi, int32_t* __restrict row_of,
+                      T* __restrict dphi) {
+    const int n = N > 0 ? N : b.n;
     for (int k = 0; k < n; ++k) {
-        T* phi = row.phi.get() + k * I;
-        T* dphi = row.dphi ? row.dphi.get() + k * I : nullptr;
-        int32_t* row_of = row.row_of.get() + k * I;
+        const T inv = b.inv_den[k];
         if (dphi) {
 #pragma omp simd
             for (int i = 0; i < I; ++i) {
@@ -76,19 +55,72 @@ void locate(const Basis<T>& b, const T* x, int I, int s, int stride, int K, Row<
                     dp = m == k ? dp : dp * d + p;
                     p *= d;
                 }
-                phi[i] = p * b.inv_den[k];
-                dphi[i] = dp * b.inv_den[k];
+                phi[k * I + i] = p * inv;
+                dphi[k * I + i] = dp * inv * scale[i];
+                row_of[k * I + i] = first[i] + k;
             }
         } else {
 #pragma omp simd
             for (int i = 0; i < I; ++i) {
                 T p = 1;
                 for (int m = 0; m < n; ++m) p *= m == k ? T(1) : t[i] - b.nodes[m];
-                phi[i] = p * b.inv_den[k];
+                phi[k * I + i] = p * inv;
+                row_of[k * I + i] = first[i] + k;
             }
         }
+    }
+}
+
+// Segment, local coordinate, dt/dx and first table row of every input of one row.
+template <typename T>
+__attribute__((noinline)) void segment_row(const T* __restrict x, int I, int s, int stride, int K,
+                                           T* __restrict t, T* __restrict scale, int32_t* __restrict first) {
+    const T S = T(s);
 #pragma omp simd
-        for (int i = 0; i < I; ++i) row_of[i] = i * K + seg[i] * stride + k;
+    for (int i = 0; i < I; ++i) {
+        // floor(u) clamped to [0, s - 1] is the truncation of u clamped first; written so because truncation
+        // vectorises where floor does not. A NaN fails both tests and lands in segment 0, never off the table.
+        T u = (x[i] + T(1)) / T(2) * S;
+        u = u >= T(0) ? u : T(0);
+        u = u <= S - T(1) ? u : S - T(1);
+        const int32_t j = int32_t(u);
+        const T jf = T(j);
+        const T low = jf / S * T(2) - T(1), high = (jf + T(1)) / S * T(2) - T(1);
+        t[i] = T(2) * ((x[i] - low) / (high - low)) - T(1);
+        scale[i] = T(2) / (high - low);
+        first[i] = i * K + j * stride;
+    }
+}
+
+// Everything locate computes, for one row, into caller scratch (t, scale, first: I; phi, row_of, dphi: I*n).
+template <typename T>
+inline void locate_row(const Basis<T>& b, const T* x, int I, int s, int stride, int K, T* t, T* scale,
+                       int32_t* first, T* phi, int32_t* row_of, T* dphi) {
+    segment_row(x, I, s, stride, K, t, scale, first);
+    switch (b.n) {
+        case 1: basis_row<T, 1>(b, I, t, scale, first, phi, row_of, dphi); break;
+        case 2: basis_row<T, 2>(b, I, t, scale, first, phi, row_of, dphi); break;
+        case 3: basis_row<T, 3>(b, I, t, scale, first, phi, row_of, dphi); break;
+        case 4: basis_row<T, 4>(b, I, t, scale, first, phi, row_of, dphi); break;
+        case 5: basis_row<T, 5>(b, I, t, scale, first, phi, row_of, dphi); break;
+        default: basis_row<T, 0>(b, I, t, scale, first, phi, row_of, dphi);
+    }
+}
+
+template <typename T>
+void locate(const Basis<T>& b, const T* x, int64_t rows, int I, int s, int stride, int K, T* phi,
+            int32_t* row_of, T* dphi) {
+    const int n = b.n;
+#pragma omp parallel
+    {
+        std::unique_ptr<T[]> t(new T[I]), scale(new T[I]);
+        std::unique_ptr<int32_t[]> first(new int32_t[I]);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t e = r * I * n;
+            locate_row(b, x + r * I, I, s, stride, K, t.get(), scale.get(), first.get(), phi + e, row_of + e,
+                       dphi ? dphi + e : nullptr);
+        }
     }
 }
 
@@ -99,112 +131,175 @@ struct Vec {
     static constexpr int width = Bytes / sizeof(T);
 };
 
-// y[c0 : c0 + NV*width] = sum_e phi[e] W[row_of[e], ...] with the accumulators in registers, so each weight
-// element costs one load and one fused multiply-add.
-template <typename T, int NV, int Bytes>
-inline int gather_block(const T* phi, const int32_t* row_of, int E, const T* W, int O, int c0, T* y) {
-    typedef typename Vec<T, Bytes>::type V;
-    constexpr int span = NV * Vec<T, Bytes>::width;
-    if (c0 + span > O) return c0;
-    V acc[NV];
-    for (int v = 0; v < NV; ++v) acc[v] = V{};
-    for (int e = 0; e < E; ++e) {
-        const T p = phi[e];
-        const V* w = reinterpret_cast<const V*>(W + int64_t(row_of[e]) * O + c0);
-        for (int v = 0; v < NV; ++v) acc[v] += p * w[v];
-    }
-    V* out = reinterpret_cast<V*>(y + c0);
-    for (int v = 0; v < NV; ++v) out[v] = acc[v];
-    return c0 + span;
+// Inputs are visited in groups whose weight slice (group x K rows x block columns) stays in the L2 cache,
+// so the scattered row reads of the gather hit the cache instead of memory; rows go in chunks small enough
+// that their outputs stay in L1 meanwhile. The sizes were tuned on a 2 MiB-L2 Xeon (measured, not derived).
+constexpr int64_t kRowChunk = 32;
+
+inline int group_size(int I, int K, int64_t row_bytes, int64_t slice_bytes) {
+    const int64_t g = slice_bytes / (int64_t(K) * row_bytes);
+    return int(g < 1 ? 1 : (g > I ? I : g));
 }
 
-template <typename T>
-void gather_row(const T* phi, const int32_t* row_of, int E, const T* W, int O, T* y) {
-    constexpr int span = 8 * Vec<T, 64>::width;
-    int c = 0;
-    for (; c + span <= O; c += span) gather_block<T, 8, 64>(phi, row_of, E, W, O, c, y);
-    c = gather_block<T, 4, 64>(phi, row_of, E, W, O, c, y);
-    c = gather_block<T, 2, 64>(phi, row_of, E, W, O, c, y);
-    c = gather_block<T, 1, 64>(phi, row_of, E, W, O, c, y);
-    c = gather_block<T, 1, 32>(phi, row_of, E, W, O, c, y);
-    c = gather_block<T, 1, 16>(phi, row_of, E, W, O, c, y);
-    for (; c < O; ++c) {
-        T acc = 0;
-        for (int e = 0; e < E; ++e) acc += phi[e] * W[int64_t(row_of[e]) * O + c];
-        y[c] = acc;
-    }
-}
+// A block of output columns held in NV registers: it computes [c0, c0 + NV*width) and keeps only the
+// columns from `keep` on. The last block of a row is shifted left to end at O (overlapping the one before)
+// rather than shrunk, so every block runs at full vector width and no column is done in scalar code.
+struct Block {
+    int c0, keep, nv;
+};
 
 template <typename T>
-void forward(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, int s, int stride, int K) {
-    const Basis<T> basis(n);
-#pragma omp parallel
-    {
-        Row<T> row(I, n, false);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) {
-            locate(basis, x + r * I, I, s, stride, K, row);
-            gather_row(row.phi.get(), row.row_of.get(), I * n, W, O, y + r * O);
+int plan_blocks(int O, Block* blocks) {
+    constexpr int VL = Vec<T, 64>::width;
+    int count = 0, c = 0;
+    while (c < O) {
+        const int remaining = O - c;
+        if (remaining >= 8 * VL) {
+            blocks[count++] = {c, c, 8};
+            c += 8 * VL;
+            continue;
         }
+        int nv = 1;
+        while (nv * VL < remaining) nv *= 2;
+        if (nv * VL > O) nv = 0;  // narrower than one vector: scalar
+        blocks[count++] = {nv ? O - nv * VL : c, c, nv};
+        c = O;
     }
+    return count;
 }
 
-// dW[row_of[r, e], c] += phi[r, e] dy[r, c]. Each thread owns a slice of the columns, so no two threads
-// write the same element and the sums do not depend on the number of threads.
-template <typename T>
-void grad_weight(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride,
-                 int K) {
-    const Basis<T> basis(n);
-    const int E = I * n;
-    std::unique_ptr<T[]> phi(new T[size_t(rows) * E]);
-    std::unique_ptr<int32_t[]> row_of(new int32_t[size_t(rows) * E]);
-#pragma omp parallel
-    {
-        Row<T> row(I, n, false);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) {
-            locate(basis, x + r * I, I, s, stride, K, row);
-            for (int e = 0; e < E; ++e) {
-                phi[r * E + e] = row.phi[e];
-                row_of[r * E + e] = row.row_of[e];
-            }
-        }
-    }
+// y[keep : c0 + NV*width] (+)= sum_{e in [e0, e1)} phi[e] W[row_of[e], c0 : ...].
+template <typename T, int NV>
+inline void gather_block(const T* phi, const int32_t* row_of, int e0, int e1, const T* W, int O, Block b,
+                         T* y, bool first) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
-    constexpr int span = 4 * VL;
-    const int blocks = (O + span - 1) / span;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int blk = 0; blk < blocks; ++blk) {
-        const int c0 = blk * span;
-        const int L = O - c0 < span ? O - c0 : span;
-        for (int64_t r = 0; r < rows; ++r) {
-            const T* p = phi.get() + r * E;
-            const int32_t* ro = row_of.get() + r * E;
-            const T* g = dy + r * O + c0;
-            if (L == span) {
-                V gv[4];
-                for (int v = 0; v < 4; ++v) gv[v] = reinterpret_cast<const V*>(g)[v];
-                for (int e = 0; e < E; ++e) {
-                    V* w = reinterpret_cast<V*>(dW + int64_t(ro[e]) * O + c0);
-                    const T pe = p[e];
-                    for (int v = 0; v < 4; ++v) w[v] += pe * gv[v];
-                }
-            } else {
-                for (int e = 0; e < E; ++e) {
-                    T* w = dW + int64_t(ro[e]) * O + c0;
-                    const T pe = p[e];
-#pragma omp simd
-                    for (int c = 0; c < L; ++c) w[c] += pe * g[c];
-                }
-            }
-        }
+    V acc[NV];
+    const V* init = reinterpret_cast<const V*>(y + b.c0);
+    for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : init[v];
+    for (int e = e0; e < e1; ++e) {
+        const T p = phi[e];
+        const V* w = reinterpret_cast<const V*>(W + int64_t(row_of[e]) * O + b.c0);
+        for (int v = 0; v < NV; ++v) acc[v] += p * w[v];
+    }
+    if (b.keep == b.c0) {
+        V* out = reinterpret_cast<V*>(y + b.c0);
+        for (int v = 0; v < NV; ++v) out[v] = acc[v];
+    } else {
+        T lanes[NV * VL];
+        for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(lanes)[v] = acc[v];
+        for (int c = b.keep; c < b.c0 + NV * VL; ++c) y[c] = lanes[c - b.c0];
     }
 }
 
-// <W[row], g> over O columns, four rows at a time so that four independent accumulators hide latency.
 template <typename T>
-inline void dot4(const T* W, const int32_t* rows, const T* g, int O, T* out) {
+inline void gather_any(const T* phi, const int32_t* row_of, int e0, int e1, const T* W, int O, Block b, T* y,
+                       bool first) {
+    switch (b.nv) {
+        case 8: gather_block<T, 8>(phi, row_of, e0, e1, W, O, b, y, first); return;
+        case 4: gather_block<T, 4>(phi, row_of, e0, e1, W, O, b, y, first); return;
+        case 2: gather_block<T, 2>(phi, row_of, e0, e1, W, O, b, y, first); return;
+        case 1: gather_block<T, 1>(phi, row_of, e0, e1, W, O, b, y, first); return;
+        default:
+            for (int c = b.keep; c < O; ++c) {
+                T acc = first ? T(0) : y[c];
+                for (int e = e0; e < e1; ++e) acc += phi[e] * W[int64_t(row_of[e]) * O + c];
+                y[c] = acc;
+            }
+    }
+}
+
+template <typename T>
+void forward(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows, int I, int O, int n, int s,
+             int stride, int K) {
+    const Basis<T> basis(n);
+    locate(basis, x, rows, I, s, stride, K, phi, row_of, static_cast<T*>(nullptr));
+    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
+    const int count = plan_blocks<T>(O, blocks.get());
+    const int E = I * n;
+    // Rows go in chunks small enough that their output block stays in L1 while a weight slice is reused.
+    constexpr int64_t chunk = kRowChunk;
+    const int64_t chunks = (rows + chunk - 1) / chunk;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t q = 0; q < chunks; ++q)
+        for (int bi = 0; bi < count; ++bi) {
+            const Block b = blocks[bi];
+            const int G = group_size(I, K, int64_t(b.nv ? b.nv * Vec<T, 64>::width : 1) * sizeof(T), 192 << 10);
+            const int64_t r1 = (q + 1) * chunk < rows ? (q + 1) * chunk : rows;
+            for (int i0 = 0; i0 < I; i0 += G) {
+                const int i1 = i0 + G < I ? i0 + G : I;
+                for (int64_t r = q * chunk; r < r1; ++r)
+                    for (int k = 0; k < n; ++k)
+                        gather_any(phi + r * E, row_of + r * E, k * I + i0, k * I + i1, W, O, b, y + r * O,
+                                   i0 == 0 && k == 0);
+            }
+        }
+}
+
+// dW[row_of[e], c0 : ...] += phi[e] g for e in [e0, e1), g the block's columns of dy with the columns
+// before `keep` zeroed (so an overlapping block adds nothing twice).
+template <typename T, int NV>
+inline void scatter_block(const T* phi, const int32_t* row_of, int e0, int e1, const T* dy, int O, Block b,
+                          T* dW) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    V g[NV];
+    if (b.keep == b.c0) {
+        for (int v = 0; v < NV; ++v) g[v] = reinterpret_cast<const V*>(dy + b.c0)[v];
+    } else {
+        T lanes[NV * VL];
+        for (int c = 0; c < NV * VL; ++c) lanes[c] = b.c0 + c < b.keep ? T(0) : dy[b.c0 + c];
+        for (int v = 0; v < NV; ++v) g[v] = reinterpret_cast<const V*>(lanes)[v];
+    }
+    for (int e = e0; e < e1; ++e) {
+        V* w = reinterpret_cast<V*>(dW + int64_t(row_of[e]) * O + b.c0);
+        const T p = phi[e];
+        for (int v = 0; v < NV; ++v) w[v] += p * g[v];
+    }
+}
+
+template <typename T>
+inline void scatter_any(const T* phi, const int32_t* row_of, int e0, int e1, const T* dy, int O, Block b,
+                        T* dW) {
+    switch (b.nv) {
+        case 8: scatter_block<T, 8>(phi, row_of, e0, e1, dy, O, b, dW); return;
+        case 4: scatter_block<T, 4>(phi, row_of, e0, e1, dy, O, b, dW); return;
+        case 2: scatter_block<T, 2>(phi, row_of, e0, e1, dy, O, b, dW); return;
+        case 1: scatter_block<T, 1>(phi, row_of, e0, e1, dy, O, b, dW); return;
+        default:
+            for (int e = e0; e < e1; ++e)
+                for (int c = b.keep; c < O; ++c) dW[int64_t(row_of[e]) * O + c] += phi[e] * dy[c];
+    }
+}
+
+// dW[row_of[r, e], c] += phi[r, e] dy[r, c]. Threads own disjoint groups of inputs, hence disjoint rows of
+// dW: no atomics, and sums that do not depend on the number of threads.
+template <typename T>
+void grad_weight(const T* x, const T* dy, T* dW, T* phi, int32_t* row_of, int64_t rows, int I, int O, int n,
+                 int s, int stride, int K) {
+    const Basis<T> basis(n);
+    locate(basis, x, rows, I, s, stride, K, phi, row_of, static_cast<T*>(nullptr));
+    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
+    const int count = plan_blocks<T>(O, blocks.get());
+    const int E = I * n;
+    const int G = group_size(I, K, int64_t(O) * sizeof(T), 96 << 10);
+    const int groups = (I + G - 1) / G;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int gi = 0; gi < groups; ++gi) {
+        const int i0 = gi * G, i1 = (gi + 1) * G < I ? (gi + 1) * G : I;
+        for (int bi = 0; bi < count; ++bi)
+            for (int64_t r = 0; r < rows; ++r)
+                for (int k = 0; k < n; ++k)
+                    scatter_any(phi + r * E, row_of + r * E, k * I + i0, k * I + i1, dy + r * O, O, blocks[bi],
+                                dW);
+    }
+}
+
+// <W[row_q], g> for four rows at once (four independent accumulators hide latency). The columns past the
+// last full vector are covered by one vector ending at O, against `tail`, a copy of those columns of g with
+// the ones already counted zeroed.
+template <typename T>
+inline void dot4(const T* W, const int32_t* rows, const T* g, const T* tail, int O, T* out) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     const T* w[4];
@@ -215,6 +310,11 @@ inline void dot4(const T* W, const int32_t* rows, const T* g, int O, T* out) {
         const V gv = *reinterpret_cast<const V*>(g + c);
         for (int q = 0; q < 4; ++q) acc[q] += *reinterpret_cast<const V*>(w[q] + c) * gv;
     }
+    if (c < O && O >= VL) {
+        const V gv = *reinterpret_cast<const V*>(tail);
+        for (int q = 0; q < 4; ++q) acc[q] += *reinterpret_cast<const V*>(w[q] + O - VL) * gv;
+        c = O;
+    }
     for (int q = 0; q < 4; ++q) {
         T sum = 0;
         for (int v = 0; v < VL; ++v) sum += acc[q][v];
@@ -223,30 +323,87 @@ inline void dot4(const T* W, const int32_t* rows, const T* g, int O, T* out) {
     }
 }
 
-// dx[r, i] = dt/dx sum_k dphi_k(t) <W[row_k], dy[r]>, with dt/dx = s up to rounding.
+// dx[r, i] = sum_k dphi_k/dx <W[row_k], dy[r]>, group by group of inputs for cache reuse of W.
 template <typename T>
-void grad_input(const T* x, const T* W, const T* dy, T* dx, int64_t rows, int I, int O, int n, int s,
-                int stride, int K) {
+void grad_input(const T* x, const T* W, const T* dy, T* dx, T* phi, T* dphi, int32_t* row_of, int64_t rows,
+                int I, int O, int n, int s, int stride, int K) {
+    constexpr int VL = Vec<T, 64>::width;
     const Basis<T> basis(n);
     const int E = I * n;
+    locate(basis, x, rows, I, s, stride, K, phi, row_of, dphi);
+    const int G = group_size(I, K, int64_t(O) * sizeof(T), 384 << 10);
+    constexpr int64_t chunk = kRowChunk;
+    const int64_t chunks = (rows + chunk - 1) / chunk;
+    const int full = O / VL * VL;
+#pragma omp parallel for schedule(static)
+    for (int64_t q = 0; q < chunks; ++q) {
+        const int64_t r1 = (q + 1) * chunk < rows ? (q + 1) * chunk : rows;
+        T dots[4], tail[VL];
+        int32_t quad[4];
+        for (int i0 = 0; i0 < I; i0 += G) {
+            const int i1 = i0 + G < I ? i0 + G : I;
+            for (int64_t r = q * chunk; r < r1; ++r) {
+                const int32_t* ro = row_of + r * E;
+                const T* dp = dphi + r * E;
+                const T* g = dy + r * O;
+                if (O >= VL)
+                    for (int v = 0; v < VL; ++v) tail[v] = O - VL + v < full ? T(0) : g[O - VL + v];
+                T* out = dx + r * I;
+                for (int i = i0; i < i1; ++i) out[i] = 0;
+                for (int k = 0; k < n; ++k) {
+                    for (int i = i0; i < i1; i += 4) {
+                        const int m = i1 - i < 4 ? i1 - i : 4;
+                        const int e = k * I + i;
+                        for (int u = 0; u < 4; ++u) quad[u] = ro[e + (u < m ? u : 0)];
+                        dot4(W, quad, g, tail, O, dots);
+                        for (int u = 0; u < m; ++u) out[i + u] += dp[e + u] * dots[u];
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The dense-basis path for small K: basis[r, i*K + row] = phi, zero elsewhere, one row at a time so that
+// zeroing and filling happen in cache.
+template <typename T>
+void dense_basis(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K) {
+    const Basis<T> b(n);
+    const int64_t width = int64_t(I) * K;
 #pragma omp parallel
     {
-        Row<T> row(I, n, true);
-        std::unique_ptr<T[]> dots(new T[E + 4]);
-        std::unique_ptr<int32_t[]> rows4(new int32_t[E + 4]);
+        std::unique_ptr<T[]> t(new T[I]), scale(new T[I]), phi(new T[I * n]);
+        std::unique_ptr<int32_t[]> first(new int32_t[I]), row_of(new int32_t[I * n]);
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-            locate(basis, x + r * I, I, s, stride, K, row);
-            for (int e = 0; e < E; ++e) rows4[e] = row.row_of[e];
-            for (int e = E; e < E + 4; ++e) rows4[e] = rows4[0];
-            for (int e = 0; e < E; e += 4) dot4(W, rows4.get() + e, dy + r * O, O, dots.get() + e);
+            locate_row(b, x + r * I, I, s, stride, K, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
+                       static_cast<T*>(nullptr));
+            T* out = basis + r * width;
+            for (int64_t c = 0; c < width; ++c) out[c] = 0;
+            for (int e = 0; e < I * n; ++e) out[row_of[e]] = phi[e];
+        }
+    }
+}
+
+// dx[r, i] = sum_k dphi_k/dx projected[r, row_k], projected = dy @ W^T of the dense path.
+template <typename T>
+void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I, int n, int s, int stride,
+                      int K) {
+    const Basis<T> b(n);
+    const int64_t width = int64_t(I) * K;
+#pragma omp parallel
+    {
+        std::unique_ptr<T[]> t(new T[I]), scale(new T[I]), phi(new T[I * n]), dphi(new T[I * n]);
+        std::unique_ptr<int32_t[]> first(new int32_t[I]), row_of(new int32_t[I * n]);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+            locate_row(b, x + r * I, I, s, stride, K, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
+                       dphi.get());
+            const T* p = projected + r * width;
             T* out = dx + r * I;
             for (int i = 0; i < I; ++i) out[i] = 0;
             for (int k = 0; k < n; ++k)
-#pragma omp simd
-                for (int i = 0; i < I; ++i) out[i] += row.dphi[k * I + i] * dots[k * I + i];
-#pragma omp simd
-            for (int i = 0; i < I; ++i) out[i] *= row.scale[i];
+                for (int i = 0; i < I; ++i) out[i] += dphi[k * I + i] * p[row_of[k * I + i]];
         }
     }
 }
@@ -256,23 +413,39 @@ void grad_input(const T* x, const T* W, const T* dy, T* dx, int64_t rows, int I,
 extern "C" {
 
 // `threads` is torch.get_num_threads() at the call, so these kernels share the torch thread budget.
-#define LANGINTERP_EXPORT(T, SUFFIX)                                                                      \
-    void forward_##SUFFIX(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, int s,       \
-                          int stride, int K, int threads) {                                              \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                  \
-        forward<T>(x, W, y, rows, I, O, n, s, stride, K);                                                \
-    }                                                                                                    \
-    void grad_weight_##SUFFIX(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, \
-                              int stride, int K, int threads) {                                          \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                  \
-        grad_weight<T>(x, dy, dW, rows, I, O, n, s, stride, K);                                          \
-    }                                                                                                    \
-    void grad_input_##SUFFIX(const T* x, const T* W, const T* dy, T* dx, int64_t rows, int I, int O,    \
-                             int n, int s, int stride, int K, int threads) {                             \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                  \
-        grad_input<T>(x, W, dy, dx, rows, I, O, n, s, stride, K);                                        \
+// phi, dphi and row_of are caller-provided scratch of rows * I * n elements each (so that torch sees
+// and accounts for that memory).
+#define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \
+    void forward_##SUFFIX(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows, int I, int O, \
+                          int n, int s, int stride, int K, int threads) {                                   \
+        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        forward<T>(x, W, y, phi, row_of, rows, I, O, n, s, stride, K);                                      \
+    }                                                                                                       \
+    void grad_weight_##SUFFIX(const T* x, const T* dy, T* dW, T* phi, int32_t* row_of, int64_t rows, int I, \
+                              int O, int n, int s, int stride, int K, int threads) {                        \
+        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        grad_weight<T>(x, dy, dW, phi, row_of, rows, I, O, n, s, stride, K);                                \
+    }                                                                                                       \
+    void grad_input_##SUFFIX(const T* x, const T* W, const T* dy, T* dx, T* phi, T* dphi, int32_t* row_of,  \
+                             int64_t rows, int I, int O, int n, int s, int stride, int K, int threads) {    \
+        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        grad_input<T>(x, W, dy, dx, phi, dphi, row_of, rows, I, O, n, s, stride, K);                        \
     }
 
+#define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \
+    void dense_basis_##SUFFIX(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K,     \
+                              int threads) {                                                                \
+        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        dense_basis<T>(x, basis, rows, I, n, s, stride, K);                                                 \
+    }                                                                                                       \
+    void dense_grad_input_##SUFFIX(const T* x, const T* projected, T* dx, int64_t rows, int I, int n, int s,  \
+                                   int stride, int K, int threads) {                                        \
+        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        dense_grad_input<T>(x, projected, dx, rows, I, n, s, stride, K);                                    \
+    }
+
+LANGINTERP_EXPORT_DENSE(float, f32)
+LANGINTERP_EXPORT_DENSE(double, f64)
 LANGINTERP_EXPORT(float, f32)
 LANGINTERP_EXPORT(double, f64)
 

@@ -72,10 +72,12 @@ def _library() -> ctypes.CDLL | None:
         logger.warning("piecewise CPU kernel unavailable, using pure PyTorch: %s", error)
         return None
     for suffix in DTYPES.values():
-        for name, pointers in (("forward", 3), ("grad_weight", 3), ("grad_input", 4)):
+        signatures = (("forward", 5), ("grad_weight", 5), ("grad_input", 7), ("dense_basis", 2))
+        for name, pointers in (*signatures, ("dense_grad_input", 3)):
             function = getattr(library, f"{name}_{suffix}")
             function.restype = None
-            function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] + [ctypes.c_int] * 7
+            ints = 6 if name.startswith("dense") else 7
+            function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] + [ctypes.c_int] * ints
     return library
 
 
@@ -94,9 +96,13 @@ def supports(x: Tensor, weight: Tensor) -> bool:
 
 
 def _call(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, segments: int, step: int):
+    """Run kernel ``name`` on ``tensors`` plus the scratch it needs: basis values (twice for grad_input,
+    which also needs derivatives) and table rows, rows * in * n elements each."""
     inputs, K, outputs = weight.shape
+    scratch = [x.new_empty(x.shape[0], inputs, n) for _ in range(2 if name == "grad_input" else 1)]
+    scratch.append(torch.empty(x.shape[0], inputs, n, dtype=torch.int32))
     function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
-    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+    pointers = [ctypes.c_void_p(t.data_ptr()) for t in [*tensors, *scratch]]
     function(*pointers, x.shape[0], inputs, outputs, n, segments, step, K, torch.get_num_threads())
 
 
@@ -144,20 +150,81 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+def _dense(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, segments: int, step: int):
+    inputs, K, _ = weight.shape
+    function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
+    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+    function(*pointers, x.shape[0], inputs, n, segments, step, K, torch.get_num_threads())
+
+
+def _dense_basis(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    """The [rows, in*K] basis matrix: phi at each input's n active columns, zero elsewhere."""
+    x = x.contiguous()
+    basis = x.new_empty(x.shape[0], weight.shape[0] * weight.shape[1])
+    _dense("dense_basis", [x, basis], x, weight, n, segments, step)
+    return basis
+
+
+@torch.library.custom_op("langinterp::piecewise_dense", mutates_args=())
+def piecewise_dense(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    """The same function as ``piecewise`` as one matmul: basis [rows, in*K] (n non-zeros per input) @ W."""
+    return _dense_basis(x, weight, n, segments, step) @ weight.reshape(-1, weight.shape[2])
+
+
+@piecewise_dense.register_fake
+def _(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    return x.new_empty(x.shape[0], weight.shape[2])
+
+
+@torch.library.custom_op("langinterp::piecewise_dense_grad_weight", mutates_args=())
+def piecewise_dense_grad_weight(
+    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
+) -> Tensor:
+    """basis^T @ grad, with the basis rebuilt rather than kept from the forward pass."""
+    return (_dense_basis(x, weight, n, segments, step).T @ grad).view(weight.shape)
+
+
+@piecewise_dense_grad_weight.register_fake
+def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("langinterp::piecewise_dense_grad_input", mutates_args=())
+def piecewise_dense_grad_input(
+    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
+) -> Tensor:
+    """sum_k dphi_k/dx (grad @ weight^T)[active row k]."""
+    x = x.contiguous()
+    projected = grad @ weight.reshape(-1, weight.shape[2]).T
+    result = torch.empty_like(x)
+    _dense("dense_grad_input", [x, projected, result], x, weight, n, segments, step)
+    return result
+
+
+@piecewise_dense_grad_input.register_fake
+def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, n, segments, step = inputs
     ctx.save_for_backward(x, weight)
     ctx.shape = (n, segments, step)
 
 
-def _backward(ctx, grad: Tensor):
-    x, weight = ctx.saved_tensors
-    grad_x = grad_w = None
-    if ctx.needs_input_grad[0]:
-        grad_x = piecewise_grad_input(x, grad, weight, *ctx.shape)
-    if ctx.needs_input_grad[1]:
-        grad_w = piecewise_grad_weight(x, grad, weight, *ctx.shape)
-    return grad_x, grad_w, None, None, None
+def _backward_with(grad_input, grad_weight):
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_input(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[0] else None
+        grad_w = grad_weight(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, None, None, None
+
+    return backward
 
 
-piecewise.register_autograd(_backward, setup_context=_setup_context)
+piecewise.register_autograd(
+    _backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=_setup_context
+)
+piecewise_dense.register_autograd(
+    _backward_with(piecewise_dense_grad_input, piecewise_dense_grad_weight), setup_context=_setup_context
+)

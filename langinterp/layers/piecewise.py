@@ -28,7 +28,7 @@ from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weig
 from .init import initialize
 
 PATHS = ("auto", "dense", "kernel", "gather")
-DENSE_RATIO = 8
+DENSE_RATIO = 4
 
 
 def active_rows(x: Tensor, nodes: Tensor, segments: int, step: int, K: int) -> tuple[Tensor, Tensor]:
@@ -95,6 +95,8 @@ class HighOrderLinear(nn.Module):
         step = stride(self.kind, self.n)
         if path == "kernel":
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
+        elif path == "dense" and kernel.supports(flat, weight):
+            y = kernel.piecewise_dense(flat, weight, self.n, self.segments, step)
         else:
             K = self.weights_per_link
             nodes = chebyshev_lobatto(self.n, weight.dtype, weight.device)

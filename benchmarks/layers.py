@@ -1,0 +1,157 @@
+"""Speed and memory of the high-order layers against nn.Linear and high-order-layers-torch.
+
+    python benchmarks/layers.py [--quick] [--out FILE]
+
+For every case (in, out, n, segments) at batch 1024, with one thread and with all threads, it times a
+forward+backward pass (median of repeated runs after warm-up, in this one process) of our layer, of
+nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of high-order-layers-torch,
+and the peak memory each allocates (tensor allocations seen by the torch profiler during one pass).
+Input-layer cases need no gradient for their inputs; hidden-layer cases do.
+
+high-order-layers-torch builds a [batch, in, out, n] copy of its weights per call (seconds per pass at
+batch 1024), so it is run at a smaller batch (``hol_batch``: 128, or 32 with --quick) and its time and
+memory are scaled linearly to 1024, which is how that copy grows. Prints a table; writes JSON
+{"rows": [...]} to --out (default benchmarks/results/layers.json).
+"""
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from langinterp.layers import CharacterInput, HighOrderLinear, codes_to_unit
+
+BATCH = 1024
+CASES = [
+    ("input codes", 16, 250, 2, 128),
+    ("input real", 16, 250, 2, 128),
+    ("hidden", 250, 250, 2, 2),
+    ("hidden", 250, 250, 3, 8),
+    ("hidden", 250, 250, 5, 2),
+    ("hidden", 250, 250, 2, 32),
+    ("hidden", 128, 128, 2, 128),
+]
+
+
+def median_ms(step: Callable[[], None], repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def peak_mib(step: Callable[[], None]) -> float:
+    """Largest total of live tensor allocations made during one call of ``step``, in MiB."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e.time_range.start, e.cpu_memory_usage)
+        for e in prof.events()
+        if e.cpu_memory_usage and not e.cpu_children
+    )
+    live = peak = 0
+    for _, change in events:
+        live += change
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def pass_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One forward+backward of module on x, dropping the gradients of the previous pass first."""
+
+    def step() -> None:
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).sum().backward()
+
+    return step
+
+
+def oracle(n: int, inputs: int, outputs: int, segments: int) -> nn.Module | None:
+    try:
+        from high_order_layers_torch.PolynomialLayers import PiecewisePolynomial
+    except ImportError:
+        return None
+    return PiecewisePolynomial(n, inputs, outputs, segments)
+
+
+def measure(case: tuple, threads: int, quick: bool) -> dict:
+    name, inputs, outputs, n, segments = case
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    repeats, warmup = (5, 2) if quick else (15, 3)
+    hidden = name == "hidden"
+    if name == "input codes":
+        codes = torch.randint(0, 128, (BATCH, inputs))
+        ours = pass_of(CharacterInput(inputs, outputs, n, segments), codes)
+        x = codes_to_unit(codes)
+    else:
+        x = (torch.rand(BATCH, inputs) * 2 - 1).requires_grad_(hidden)
+        ours = pass_of(HighOrderLinear(inputs, outputs, n, segments), x)
+    wide = torch.randn(BATCH, inputs * n, requires_grad=hidden)
+    steps = {
+        "ours": ours,
+        "linear": pass_of(nn.Linear(inputs, outputs, bias=False), x),
+        "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False), wide),
+    }
+    row = {"case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
+    for key, step in steps.items():
+        row[f"{key}_ms"] = median_ms(step, repeats, warmup)
+    row["ours_peak_mib"] = peak_mib(ours)
+    hol_batch = 32 if quick else 128
+    theirs = oracle(n, inputs, outputs, segments)
+    row["hol_batch"] = hol_batch
+    row["hol_ms"] = row["hol_peak_mib"] = None
+    if theirs is not None:
+        small = x[:hol_batch].detach().clone().requires_grad_(hidden)
+        scale = BATCH / hol_batch
+        step = pass_of(theirs, small)
+        row["hol_ms"] = scale * median_ms(step, 1 if quick else 3, 1)
+        row["hol_peak_mib"] = scale * peak_mib(step)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    header = (
+        "| case | in | out | n | segments | threads | ours ms | Linear(in) ms | Linear(in*n) ms | hol ms "
+        "| ours / Linear(in*n) | hol / ours | ours MiB | hol MiB |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        hol, hol_mib = r["hol_ms"], r["hol_peak_mib"]
+        speedup = "-" if hol is None else f"{hol / r['ours_ms']:.0f}"
+        lines.append(
+            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['threads']} "
+            f"| {r['ours_ms']:.2f} | {r['linear_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
+            f"| {'-' if hol is None else f'{hol:.0f}'} | {r['ours_ms'] / r['linear_in_n_ms']:.2f} "
+            f"| {speedup} | {r['ours_peak_mib']:.1f} | {'-' if hol_mib is None else f'{hol_mib:.0f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats; under a minute on 2 cores")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layers.json"))
+    args = parser.parse_args()
+    all_threads = torch.get_num_threads()
+    rows = [measure(case, threads, args.quick) for case in CASES for threads in sorted({1, all_threads})]
+    torch.set_num_threads(all_threads)
+    print(table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
