@@ -17,7 +17,11 @@ from langinterp.layers import (
 )
 from langinterp.layers import kernel as layer_kernel
 
-PATHS = ["dense", "gather", *(["kernel"] if layer_kernel.available() else [])]
+# "pure" is the dense path without the compiled kernel (its basis built by PyTorch operations), as on a
+# machine without a compiler, on CUDA or in bf16.
+PATHS = ["dense", "gather", "pure", *(["kernel"] if layer_kernel.available() else [])]
+
+
 CASES = [
     (kind, n, s)
     for kind in KINDS
@@ -30,8 +34,16 @@ CASES = [
 def make(kind, n, s, inputs=3, outputs=4, path="dense", dtype=torch.float64, **kwargs):
     torch.manual_seed(0)
     layer = HighOrderLinear(inputs, outputs, n, s, kind, **kwargs).to(dtype)
-    layer.path = path
+    layer.path = "dense" if path == "pure" else path
     return layer
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """The path under test; "pure" also disables the compiled kernel."""
+    if request.param == "pure":
+        monkeypatch.setattr(layer_kernel, "supports", lambda *tensors: False)
+    return request.param
 
 
 def inputs_inside_and_outside(rows=12, inputs=3, dtype=torch.float64):
@@ -94,7 +106,7 @@ def relative_error(a, b):
     return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-300))
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize(("kind", "n", "s"), CASES)
 def test_matches_high_order_layers_torch(kind, n, s, path):
     # Random weights, not lines: extrapolating a line through n > 2 nodes cancels large basis values and
@@ -115,7 +127,7 @@ def test_matches_high_order_layers_torch(kind, n, s, path):
     assert relative_error(layer.weight.grad, theirs.w.grad.permute(1, 2, 0)) <= 1e-10
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize(
     ("kind", "n", "s"), [("continuous", 3, 4), ("discontinuous", 2, 3), ("polynomial", 4, 1)]
 )
@@ -130,7 +142,7 @@ def test_matches_plain_loop_reference_with_leading_dims_and_bias(kind, n, s, pat
     torch.testing.assert_close(y.reshape(10, 4), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize(
     ("kind", "n", "s"), [("continuous", 3, 5), ("discontinuous", 2, 3), ("polynomial", 4, 1)]
 )
@@ -142,13 +154,11 @@ def test_gradcheck(kind, n, s, path):
     )
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_paths_agree_in_float32(path):
-    layer = make("continuous", 2, 64, inputs=20, outputs=30, path="dense", dtype=torch.float32)
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_every_path_is_exact_in_float32(path):
+    layer = make("continuous", 2, 64, inputs=20, outputs=30, path=path, dtype=torch.float32)
     x = torch.rand(50, 20) * 2 - 1
-    expected = layer(x)
-    layer.path = path
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x).double(), reference(layer, x), rtol=1e-5, atol=1e-5)
 
 
 def test_continuous_at_segment_boundaries():
@@ -321,7 +331,10 @@ def test_refinement_reproduces_the_function(kind, n, s, new_n, new_s):
 @pytest.mark.parametrize(
     ("kind", "n", "segments"), [("continuous", 2, 128), ("continuous", 3, 128), ("discontinuous", 2, 5)]
 )
-def test_character_input_is_the_linear_layer_on_unit_codes(kind, n, segments):
+@pytest.mark.parametrize("lookup", ["kernel", "table"])
+def test_character_input_is_the_linear_layer_on_unit_codes(kind, n, segments, lookup, monkeypatch):
+    if lookup == "table":
+        monkeypatch.setattr(layer_kernel, "supports", lambda *tensors: False)
     torch.manual_seed(0)
     layer = CharacterInput(6, 7, n, segments, kind).double()
     codes = torch.randint(0, 128, (2, 9, 6), dtype=torch.uint8)

@@ -2,18 +2,23 @@
 
 A code c in 0..127 enters as x = (c + 0.5) / 64 - 1 (``codes_to_unit``). For any segment count the segment
 and local coordinate of each of the 128 possible x are fixed, so each code's contribution to link (i -> o)
-is a fixed combination of n weights: sum_k phi_k(t_c) weight[i, j_c * stride + k, o]. With 128 segments
-every code sits at the centre of its own segment (t = 0). The layer therefore builds, per call, the table
-T[i, c, :] (in*128*n*out multiply-adds, independent of the batch) and sums the rows T[i, codes[..., i]]
-with embedding_bag: the cost of an embedding, and exactly HighOrderLinear(length, out, ...) applied to
-codes_to_unit(codes) (``as_linear`` returns that layer, sharing the weight parameter). With 128 segments
-the table is a combination of strided views of the weights (nothing gathered).
+is a fixed combination of n weight rows: sum_k phi_k(t_c) weight[i, j_c * stride + k, o]. With 128 segments
+every code sits at the centre of its own segment (t = 0, exactly, in floating point too). The result is
+exactly HighOrderLinear(length, out, ...) applied to codes_to_unit(codes); ``as_linear`` returns that
+layer, sharing the weight parameter. Two lookups, chosen per call:
+
+- on CPU in float32/float64 with the compiled kernel (kernel.py): gather the n rows of each code, which
+  costs length*n row reads per sample and measured fastest;
+- elsewhere (CUDA, bf16, no compiler): build the table T[i, c, :] (length*128*n*out multiply-adds,
+  independent of the batch; with 128 segments a sum of strided views of the weights, nothing gathered)
+  and sum the rows T[i, codes[..., i]] with embedding_bag, under a custom backward (_Lookup).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernel
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
 from .piecewise import HighOrderLinear
@@ -78,8 +83,14 @@ class CharacterInput(nn.Module):
         if codes.is_floating_point():
             raise ValueError("CharacterInput reads integer character codes; use HighOrderLinear for reals")
         lead = codes.shape[:-1]
-        positions = codes.reshape(-1, self.length).long() + self.position_offset
-        y = _Lookup.apply(self.weight, positions, self.code_rows, self.code_basis(), self._view_step())
+        weight = self.weight
+        flat = codes.reshape(-1, self.length)
+        if kernel.supports(flat, weight):
+            x = (flat.to(weight.dtype) + 0.5) / 64 - 1
+            y = kernel.piecewise(x, weight, self.n, self.segments, stride(self.kind, self.n))
+        else:
+            positions = flat.long() + self.position_offset
+            y = _Lookup.apply(weight, positions, self.code_rows, self.code_basis(), self._view_step())
         return y.reshape(*lead, self.out_features)
 
     def as_linear(self) -> HighOrderLinear:

@@ -168,20 +168,26 @@ int plan_blocks(int O, Block* blocks) {
     return count;
 }
 
-// y[keep : c0 + NV*width] (+)= sum_{e in [e0, e1)} phi[e] W[row_of[e], c0 : ...].
+// The active entries of inputs [i0, i1) of one row: e = k * I + i for every node k (entries are k-major).
+struct Span {
+    int I, n, i0, i1;
+};
+
+// y[keep : c0 + NV*width] (+)= sum over the span's entries e of phi[e] W[row_of[e], c0 : ...].
 template <typename T, int NV>
-inline void gather_block(const T* phi, const int32_t* row_of, int e0, int e1, const T* W, int O, Block b,
-                         T* y, bool first) {
+inline void gather_block(const T* phi, const int32_t* row_of, Span sp, const T* W, int O, Block b, T* y,
+                         bool first) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     V acc[NV];
     const V* init = reinterpret_cast<const V*>(y + b.c0);
     for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : init[v];
-    for (int e = e0; e < e1; ++e) {
-        const T p = phi[e];
-        const V* w = reinterpret_cast<const V*>(W + int64_t(row_of[e]) * O + b.c0);
-        for (int v = 0; v < NV; ++v) acc[v] += p * w[v];
-    }
+    for (int k = 0; k < sp.n; ++k)
+        for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e) {
+            const T p = phi[e];
+            const V* w = reinterpret_cast<const V*>(W + int64_t(row_of[e]) * O + b.c0);
+            for (int v = 0; v < NV; ++v) acc[v] += p * w[v];
+        }
     if (b.keep == b.c0) {
         V* out = reinterpret_cast<V*>(y + b.c0);
         for (int v = 0; v < NV; ++v) out[v] = acc[v];
@@ -193,17 +199,19 @@ inline void gather_block(const T* phi, const int32_t* row_of, int e0, int e1, co
 }
 
 template <typename T>
-inline void gather_any(const T* phi, const int32_t* row_of, int e0, int e1, const T* W, int O, Block b, T* y,
+inline void gather_any(const T* phi, const int32_t* row_of, Span sp, const T* W, int O, Block b, T* y,
                        bool first) {
     switch (b.nv) {
-        case 8: gather_block<T, 8>(phi, row_of, e0, e1, W, O, b, y, first); return;
-        case 4: gather_block<T, 4>(phi, row_of, e0, e1, W, O, b, y, first); return;
-        case 2: gather_block<T, 2>(phi, row_of, e0, e1, W, O, b, y, first); return;
-        case 1: gather_block<T, 1>(phi, row_of, e0, e1, W, O, b, y, first); return;
+        case 8: gather_block<T, 8>(phi, row_of, sp, W, O, b, y, first); return;
+        case 4: gather_block<T, 4>(phi, row_of, sp, W, O, b, y, first); return;
+        case 2: gather_block<T, 2>(phi, row_of, sp, W, O, b, y, first); return;
+        case 1: gather_block<T, 1>(phi, row_of, sp, W, O, b, y, first); return;
         default:
             for (int c = b.keep; c < O; ++c) {
                 T acc = first ? T(0) : y[c];
-                for (int e = e0; e < e1; ++e) acc += phi[e] * W[int64_t(row_of[e]) * O + c];
+                for (int k = 0; k < sp.n; ++k)
+                    for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e)
+                        acc += phi[e] * W[int64_t(row_of[e]) * O + c];
                 y[c] = acc;
             }
     }
@@ -224,23 +232,20 @@ void forward(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows
     for (int64_t q = 0; q < chunks; ++q)
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
-            const int G = group_size(I, K, int64_t(b.nv ? b.nv * Vec<T, 64>::width : 1) * sizeof(T), 192 << 10);
+            const int G = group_size(I, K, int64_t(b.nv ? b.nv * Vec<T, 64>::width : 1) * sizeof(T), 512 << 10);
             const int64_t r1 = (q + 1) * chunk < rows ? (q + 1) * chunk : rows;
             for (int i0 = 0; i0 < I; i0 += G) {
                 const int i1 = i0 + G < I ? i0 + G : I;
                 for (int64_t r = q * chunk; r < r1; ++r)
-                    for (int k = 0; k < n; ++k)
-                        gather_any(phi + r * E, row_of + r * E, k * I + i0, k * I + i1, W, O, b, y + r * O,
-                                   i0 == 0 && k == 0);
+                    gather_any(phi + r * E, row_of + r * E, Span{I, n, i0, i1}, W, O, b, y + r * O, i0 == 0);
             }
         }
 }
 
-// dW[row_of[e], c0 : ...] += phi[e] g for e in [e0, e1), g the block's columns of dy with the columns
+// dW[row_of[e], c0 : ...] += phi[e] g for the span's entries e, g the block's columns of dy with the columns
 // before `keep` zeroed (so an overlapping block adds nothing twice).
 template <typename T, int NV>
-inline void scatter_block(const T* phi, const int32_t* row_of, int e0, int e1, const T* dy, int O, Block b,
-                          T* dW) {
+inline void scatter_block(const T* phi, const int32_t* row_of, Span sp, const T* dy, int O, Block b, T* dW) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     V g[NV];
@@ -251,24 +256,25 @@ inline void scatter_block(const T* phi, const int32_t* row_of, int e0, int e1, c
         for (int c = 0; c < NV * VL; ++c) lanes[c] = b.c0 + c < b.keep ? T(0) : dy[b.c0 + c];
         for (int v = 0; v < NV; ++v) g[v] = reinterpret_cast<const V*>(lanes)[v];
     }
-    for (int e = e0; e < e1; ++e) {
-        V* w = reinterpret_cast<V*>(dW + int64_t(row_of[e]) * O + b.c0);
-        const T p = phi[e];
-        for (int v = 0; v < NV; ++v) w[v] += p * g[v];
-    }
+    for (int k = 0; k < sp.n; ++k)
+        for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e) {
+            V* w = reinterpret_cast<V*>(dW + int64_t(row_of[e]) * O + b.c0);
+            const T p = phi[e];
+            for (int v = 0; v < NV; ++v) w[v] += p * g[v];
+        }
 }
 
 template <typename T>
-inline void scatter_any(const T* phi, const int32_t* row_of, int e0, int e1, const T* dy, int O, Block b,
-                        T* dW) {
+inline void scatter_any(const T* phi, const int32_t* row_of, Span sp, const T* dy, int O, Block b, T* dW) {
     switch (b.nv) {
-        case 8: scatter_block<T, 8>(phi, row_of, e0, e1, dy, O, b, dW); return;
-        case 4: scatter_block<T, 4>(phi, row_of, e0, e1, dy, O, b, dW); return;
-        case 2: scatter_block<T, 2>(phi, row_of, e0, e1, dy, O, b, dW); return;
-        case 1: scatter_block<T, 1>(phi, row_of, e0, e1, dy, O, b, dW); return;
+        case 8: scatter_block<T, 8>(phi, row_of, sp, dy, O, b, dW); return;
+        case 4: scatter_block<T, 4>(phi, row_of, sp, dy, O, b, dW); return;
+        case 2: scatter_block<T, 2>(phi, row_of, sp, dy, O, b, dW); return;
+        case 1: scatter_block<T, 1>(phi, row_of, sp, dy, O, b, dW); return;
         default:
-            for (int e = e0; e < e1; ++e)
-                for (int c = b.keep; c < O; ++c) dW[int64_t(row_of[e]) * O + c] += phi[e] * dy[c];
+            for (int k = 0; k < sp.n; ++k)
+                for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e)
+                    for (int c = b.keep; c < O; ++c) dW[int64_t(row_of[e]) * O + c] += phi[e] * dy[c];
     }
 }
 
@@ -289,9 +295,7 @@ void grad_weight(const T* x, const T* dy, T* dW, T* phi, int32_t* row_of, int64_
         const int i0 = gi * G, i1 = (gi + 1) * G < I ? (gi + 1) * G : I;
         for (int bi = 0; bi < count; ++bi)
             for (int64_t r = 0; r < rows; ++r)
-                for (int k = 0; k < n; ++k)
-                    scatter_any(phi + r * E, row_of + r * E, k * I + i0, k * I + i1, dy + r * O, O, blocks[bi],
-                                dW);
+                scatter_any(phi + r * E, row_of + r * E, Span{I, n, i0, i1}, dy + r * O, O, blocks[bi], dW);
     }
 }
 
