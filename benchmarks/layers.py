@@ -5,7 +5,8 @@
 For every case (in, out, n, segments) at batch 1024, with one thread and with all threads, it times a
 forward+backward pass (median of repeated runs after warm-up, in this one process) of our layer, of
 nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of high-order-layers-torch,
-and the peak memory each allocates (tensor allocations seen by the torch profiler during one pass).
+and the peak memory each allocates (tensor allocations seen by the torch profiler during one pass; ours
+includes the weight gradient, which is as large as the weights, reported as ``weight_mib``).
 Input-layer cases need no gradient for their inputs; hidden-layer cases do.
 
 high-order-layers-torch builds a [batch, in, out, n] copy of its weights per call (seconds per pass at
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from langinterp.layers import CharacterInput, HighOrderLinear, codes_to_unit
+from langinterp.layers import CharacterInput, HighOrderLinear, codes_to_unit, weights_per_link
 
 BATCH = 1024
 CASES = [
@@ -87,6 +88,7 @@ def oracle(n: int, inputs: int, outputs: int, segments: int) -> nn.Module | None
 
 def measure(case: tuple, threads: int, quick: bool) -> dict:
     name, inputs, outputs, n, segments = case
+    kind = "continuous"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     repeats, warmup = (5, 2) if quick else (15, 3)
@@ -108,6 +110,7 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
     for key, step in steps.items():
         row[f"{key}_ms"] = median_ms(step, repeats, warmup)
     row["ours_peak_mib"] = peak_mib(ours)
+    row["weight_mib"] = inputs * weights_per_link(kind, n, segments) * outputs * 4 / 2**20
     hol_batch = 32 if quick else 128
     theirs = oracle(n, inputs, outputs, segments)
     row["hol_batch"] = hol_batch
@@ -124,7 +127,7 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
 def table(rows: list[dict]) -> str:
     header = (
         "| case | in | out | n | segments | threads | ours ms | Linear(in) ms | Linear(in*n) ms | hol ms "
-        "| ours / Linear(in*n) | hol / ours | ours MiB | hol MiB |"
+        "| ours / Linear(in*n) | hol / ours | ours MiB | weights MiB | hol MiB |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
@@ -134,7 +137,8 @@ def table(rows: list[dict]) -> str:
             f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['threads']} "
             f"| {r['ours_ms']:.2f} | {r['linear_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
             f"| {'-' if hol is None else f'{hol:.0f}'} | {r['ours_ms'] / r['linear_in_n_ms']:.2f} "
-            f"| {speedup} | {r['ours_peak_mib']:.1f} | {'-' if hol_mib is None else f'{hol_mib:.0f}'} |"
+            f"| {speedup} | {r['ours_peak_mib']:.1f} | {r['weight_mib']:.1f} "
+            f"| {'-' if hol_mib is None else f'{hol_mib:.0f}'} |"
         )
     return "\n".join(lines)
 

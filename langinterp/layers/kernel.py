@@ -3,12 +3,14 @@
 Why a kernel: for many segments the weights a sample touches are scattered over a table of K rows per
 input, and no single PyTorch operation both gathers them and keeps the backward pass cheap (embedding_bag
 with per-sample weights is 10-20x slower backward than forward on CPU; a dense basis costs K/n times a
-Linear). The kernel visits only the n active rows per input, in forward and backward, so its time and
-memory do not grow with the number of segments.
+Linear). The kernel visits only the n active rows per input, in forward and backward, so its work and
+memory do not grow with the number of segments. For small K the same C code also builds the dense basis
+matrix and dL/dx of the matmul path in one pass per row, where PyTorch needs a dozen elementwise passes.
 
 How: kernel.cpp includes no torch headers, so the system C++ compiler builds it in about two seconds
 (``-O3 -march=native -fopenmp``) into a cache directory (``$LANGINTERP_KERNEL_CACHE``, else
-``$XDG_CACHE_HOME/langinterp/kernels``), keyed by a hash of the source and flags, written atomically so
+``$XDG_CACHE_HOME/langinterp/kernels``), keyed by a hash of the source, compiler, flags and CPU features
+(so a shared home directory never hands one machine another's instructions), written atomically so
 concurrent processes are safe. It links the libgomp torch already loaded, and each call uses
 ``torch.get_num_threads()`` threads. The calls are wrapped as ``torch.library`` custom ops with fake
 (meta) implementations and a registered autograd formula, so autograd and ``torch.compile`` see one op.
@@ -21,6 +23,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -45,12 +48,23 @@ def _cache_dir() -> Path:
     return Path(base) / "langinterp" / "kernels"
 
 
+def _cpu_features() -> str:
+    """The CPU's instruction-set flags (what -march=native compiles for), or the machine name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def _build() -> Path:
     source = SOURCE.read_bytes()
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX)")
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    key = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_features())).encode()).hexdigest()[:16]
     target = _cache_dir() / f"piecewise-{key}.so"
     if target.exists():
         return target

@@ -12,8 +12,11 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
 
 - ``dense`` when K <= DENSE_RATIO * n: scatter the n basis values of each input into a [rows, in*K] matrix
   and do one matmul (BLAS; runs anywhere, autocasts), costing K/n times the minimum, so only for small K.
+  On CPU in float32/float64 the basis matrix and dL/dx are built in C (kernel.py, one pass per row); else
+  by PyTorch operations, with autograd supplying the derivatives.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
-  only the active rows in forward and backward; time and memory do not grow with segments.
+  only the active rows in forward and backward; its work and scratch memory do not grow with segments
+  (its time grows somewhat once the weight table outgrows the caches).
 - ``gather`` for larger K elsewhere (CUDA, bf16 weights, no compiler): embedding_bag over the flattened
   row indices with the basis values as per-sample weights; exact, memory independent of segments, but its
   CPU backward is slow, hence the kernel.
