@@ -355,3 +355,5 @@ def test_codes_to_unit_centres():
     torch.testing.assert_close(x, torch.tensor([-1 + 1 / 128, -1 / 128, 1 / 128, 1 - 1 / 128]))
     with pytest.raises(ValueError, match="integer"):
         CharacterInput(2, 3, 2)(torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"0\.\.127"):
+        CharacterInput(2, 3, 2)(torch.tensor([[5, 128]]))

@@ -83,6 +83,12 @@ class CharacterInput(nn.Module):
         if codes.is_floating_point():
             raise ValueError("CharacterInput reads integer character codes; use HighOrderLinear for reals")
         lead = codes.shape[:-1]
+        if codes.device.type == "cpu" and not torch.compiler.is_compiling() and codes.numel():
+            # A code out of range would silently read another position's row; checked where it is cheap
+            # (on CUDA it would cost a synchronisation per call).
+            low, high = codes.aminmax()
+            if low < 0 or high >= CODES:
+                raise ValueError(f"character codes must lie in 0..{CODES - 1}, got {int(low)}..{int(high)}")
         weight = self.weight
         flat = codes.reshape(-1, self.length)
         if kernel.supports(flat, weight):
