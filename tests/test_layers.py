@@ -239,7 +239,7 @@ def test_character_input_under_torch_compile():
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 def test_kernel_results_do_not_depend_on_thread_count():
     layer = make("continuous", 3, 64, inputs=40, outputs=70, path="kernel", dtype=torch.float32)
-    x = (torch.rand(33, 40) * 2.2 - 1.1).requires_grad_()
+    x = (torch.rand(300, 40) * 2.2 - 1.1).requires_grad_()  # enough work for two threads
     results = []
     threads = torch.get_num_threads()
     try:

@@ -416,7 +416,8 @@ void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I
 
 extern "C" {
 
-// `threads` is torch.get_num_threads() at the call, so these kernels share the torch thread budget.
+// `threads` comes from torch.get_num_threads() at the call (fewer for small calls), so these kernels share
+// the torch thread budget.
 // phi, dphi and row_of are caller-provided scratch of rows * I * n elements each (so that torch sees
 // and accounts for that memory).
 #define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \

@@ -12,8 +12,9 @@ How: kernel.cpp includes no torch headers, so the system C++ compiler builds it 
 ``$XDG_CACHE_HOME/langinterp/kernels``), keyed by a hash of the source, compiler, flags and CPU features
 (so a shared home directory never hands one machine another's instructions), written atomically so
 concurrent processes are safe. It links the libgomp torch already loaded, and each call uses
-``torch.get_num_threads()`` threads. The calls are wrapped as ``torch.library`` custom ops with fake
-(meta) implementations and a registered autograd formula, so autograd and ``torch.compile`` see one op.
+``torch.get_num_threads()`` threads, or fewer when the call is too small to repay waking them. The calls
+are wrapped as ``torch.library`` custom ops with fake (meta) implementations and a registered autograd
+formula, so autograd and ``torch.compile`` see one op.
 
 If there is no compiler, or ``LANGINTERP_KERNEL=0``, :func:`available` is False and the layers fall back to
 pure PyTorch (see piecewise.py). Only float32 and float64 CPU tensors are handled here.
@@ -109,6 +110,16 @@ def supports(x: Tensor, weight: Tensor) -> bool:
     return x.device.type == "cpu" and weight.device.type == "cpu" and weight.dtype in DTYPES and available()
 
 
+GRAIN = (
+    1 << 18
+)  # multiply-adds worth waking another thread for (a wake-up costs ~10-100 us, far more when busy)
+
+
+def _threads(work: int) -> int:
+    """Threads for a call doing ``work`` multiply-adds: torch's count, fewer for small calls."""
+    return max(1, min(torch.get_num_threads(), work // GRAIN))
+
+
 def _call(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, segments: int, step: int):
     """Run kernel ``name`` on ``tensors`` plus the scratch it needs: basis values (twice for grad_input,
     which also needs derivatives) and table rows, rows * in * n elements each."""
@@ -117,7 +128,8 @@ def _call(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, s
     scratch.append(torch.empty(x.shape[0], inputs, n, dtype=torch.int32))
     function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in [*tensors, *scratch]]
-    function(*pointers, x.shape[0], inputs, outputs, n, segments, step, K, torch.get_num_threads())
+    threads = _threads(x.shape[0] * inputs * n * outputs)
+    function(*pointers, x.shape[0], inputs, outputs, n, segments, step, K, threads)
 
 
 @torch.library.custom_op("langinterp::piecewise", mutates_args=())
@@ -168,7 +180,8 @@ def _dense(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, 
     inputs, K, _ = weight.shape
     function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    function(*pointers, x.shape[0], inputs, n, segments, step, K, torch.get_num_threads())
+    threads = _threads(x.shape[0] * inputs * K)
+    function(*pointers, x.shape[0], inputs, n, segments, step, K, threads)
 
 
 def _dense_basis(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
