@@ -3,8 +3,9 @@
     python benchmarks/layers.py [--quick] [--out FILE]
 
 For every case (in, out, n, segments) at batch 1024, with one thread and with all threads, it times a
-forward+backward pass (median of repeated runs after warm-up, in this one process) of our layer, of
-nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of high-order-layers-torch,
+forward+backward pass (median of repeated runs after warm-up, taking turns, in this one process) of our
+layer, of nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of
+high-order-layers-torch,
 and the peak memory each allocates (tensor allocations seen by the torch profiler during one pass; ours
 includes the weight gradient, which is as large as the weights, reported as ``weight_mib``).
 Input-layer cases need no gradient for their inputs; hidden-layer cases do.
@@ -40,15 +41,19 @@ CASES = [
 ]
 
 
-def median_ms(step: Callable[[], None], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
+def median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median time of each step in ms. The steps take turns, so that a burst of load from elsewhere on a
+    shared machine falls on all of them alike and their ratios stay meaningful."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
 def peak_mib(step: Callable[[], None]) -> float:
@@ -107,8 +112,8 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
         "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False), wide),
     }
     row = {"case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
-    for key, step in steps.items():
-        row[f"{key}_ms"] = median_ms(step, repeats, warmup)
+    for key, milliseconds in median_ms(steps, repeats, warmup).items():
+        row[f"{key}_ms"] = milliseconds
     row["ours_peak_mib"] = peak_mib(ours)
     row["weight_mib"] = inputs * weights_per_link(kind, n, segments) * outputs * 4 / 2**20
     hol_batch = 32 if quick else 128
@@ -119,7 +124,7 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
         small = x[:hol_batch].detach().clone().requires_grad_(hidden)
         scale = BATCH / hol_batch
         step = pass_of(theirs, small)
-        row["hol_ms"] = scale * median_ms(step, 1 if quick else 3, 1)
+        row["hol_ms"] = scale * median_ms({"hol": step}, 1 if quick else 3, 1)["hol"]
         row["hol_peak_mib"] = scale * peak_mib(step)
     return row
 
