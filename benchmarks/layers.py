@@ -5,9 +5,8 @@
 For every case (in, out, n, segments) at batch 1024, with one thread and with all threads, it times a
 forward+backward pass (median of repeated runs after warm-up, taking turns, in this one process) of our
 layer, of nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of
-high-order-layers-torch,
-and the peak memory each allocates (tensor allocations seen by the torch profiler during one pass; ours
-includes the weight gradient, which is as large as the weights, reported as ``weight_mib``).
+high-order-layers-torch, and the peak memory each allocates (tensor allocations seen by the torch profiler
+during one pass; ours includes the weight gradient, as large as the weights, reported as ``weight_mib``).
 Input-layer cases need no gradient for their inputs; hidden-layer cases do.
 
 high-order-layers-torch builds a [batch, in, out, n] copy of its weights per call (seconds per pass at
