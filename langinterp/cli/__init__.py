@@ -16,6 +16,7 @@ from langinterp.cli import (
     generate,  # noqa: F401
     recipes,  # noqa: F401
     runs,  # noqa: F401
+    sweep,  # noqa: F401
     train,  # noqa: F401
 )
 from langinterp.cli.app import State, app, err_console
