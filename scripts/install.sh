@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with langinterp installed (editable).
 #   bash scripts/install.sh          # the tool
-#   bash scripts/install.sh --test   # the tool, the test tools and the reference layers (high-order-layers-torch)
+#   bash scripts/install.sh --test   # the tool, the test tools, nevergrad (sweeps) and the reference layers
+#                                    (high-order-layers-torch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -13,7 +14,7 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q "torch==2.13.0" || python -m pip install -q "torch>=2.6"
 fi
 if [ "${1:-}" = "--test" ]; then
-    python -m pip install -q -e ".[test]"
+    python -m pip install -q -e ".[test,sweep]"
     # The numerical oracle for our layers. Its declared dependencies (torchvision, hydra, lightning) are not
     # needed by the modules the tests import, and resolving them replaces a CPU torch with a CUDA build.
     python -m pip install -q --no-deps "high-order-layers-torch==2.6.0"
