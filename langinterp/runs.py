@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from langinterp.errors import NotFoundError, UsageError
 from langinterp.paths import atomic_write, runs_dir
 from langinterp.recipe import Recipe, load_recipe, recipe_from_values
@@ -167,7 +165,7 @@ class LoadedCheckpoint:
     """The parts of a checkpoint that generation and evaluation need."""
 
     recipe: Recipe
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, Any]  # parameter name -> tensor
     epoch: int
     global_step: int
 
@@ -179,6 +177,8 @@ def checkpoint_hyperparameters(recipe: Recipe) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Read a checkpoint safely (`weights_only=True`); a missing or foreign file is one clear error."""
+    import torch  # here, not at module level: listing runs must not wait for torch to import
+
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"checkpoint {path} does not exist")

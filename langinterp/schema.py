@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from langinterp.layers import INITIALIZATIONS, KINDS, NORMALIZATIONS
+from langinterp.layer_names import INITIALIZATIONS, KINDS, NORMALIZATIONS
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,14 @@ TAIL_FOCUS_TABLE: Table = {
     ),
 }
 
+GPT_TABLE: Table = {
+    "d_model": integer(128, "width of the embeddings and the residual stream; a multiple of heads", 1, 65536),
+    "heads": integer(4, "attention heads (each of width d_model / heads)", 1, 1024),
+    "layers": integer(4, "transformer blocks (attention + GELU MLP of width 4 * d_model)", 1, 256),
+    "dropout": real(0.0, "dropout on the embeddings, attention weights and residual branches", 0.0, 0.9),
+    "tied": flag(True, "share the read-out weights with the character embedding (GPT-2 style)"),
+}
+
 MODEL_TABLES: dict[str, Table] = {
     "mlp": MLP_TABLE,
     "gbm": GBM_TABLE,
@@ -183,6 +191,7 @@ MODEL_TABLES: dict[str, Table] = {
     "transformer": TRANSFORMER_TABLE,
     "conv": CONV_TABLE,
     "tail_focus": TAIL_FOCUS_TABLE,
+    "gpt": GPT_TABLE,
 }
 
 DATA_TABLE: Table = {

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-KINDS = ("continuous", "discontinuous", "polynomial")
+from langinterp.layer_names import KINDS
 
 
 def check_kind(kind: str, n: int, segments: int) -> None:

@@ -13,9 +13,9 @@ import math
 import torch
 from torch import Tensor
 
-from .basis import node_positions
+from langinterp.layer_names import INITIALIZATIONS
 
-INITIALIZATIONS = ("linear", "constant_random", "uniform")
+from .basis import node_positions
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ activations in range with one of these:
 
 from torch import Tensor, nn
 
-NORMALIZATIONS = ("layer", "max_abs", "max_center", "none")
+from langinterp.layer_names import NORMALIZATIONS
 
 
 class MaxAbs(nn.Module):
