@@ -346,17 +346,21 @@ def run_trial(
     """Train one trial (resuming its run when one was cut short) and score it by held-out bits/char.
 
     Top-level and plain-data in, plain-data out, so worker processes can run it. Errors that would fail
-    every trial alike (missing book, no network) propagate and stop the sweep; others fail this trial only.
+    every trial alike (missing book, no network, a foreign run in the way) propagate and stop the sweep;
+    others (an impossible combination of values, a diverging loss) fail this trial only.
     """
     from langinterp.training import TrainingInterrupted, train
 
     try:
-        run = _finished_run(run_name)
+        recipe = resolve(recipe_values, overrides, name=recipe_name)
+    except UsageError as error:
+        return Outcome("failed", error=str(error))
+    run = _existing_run(run_name, recipe)
+    try:
         if run is None:
-            resume = _resumable(run_name)
-            recipe = None if resume else resolve(recipe_values, overrides, name=recipe_name)
-            new_name = None if resume else run_name
-            run = train(recipe, run_name=new_name, resume=resume, mirror=mirror, quiet=True)
+            run = train(recipe, run_name=run_name, mirror=mirror, quiet=True)
+        elif run.info().status != "finished":
+            run = train(None, resume=run_name, mirror=mirror, quiet=True)
     except TrainingInterrupted:
         return Outcome("interrupted")
     except (NotFoundError, NetworkError):
@@ -369,24 +373,20 @@ def run_trial(
     return Outcome("finished", score=score)
 
 
-def _finished_run(run_name: str) -> RunDir | None:
-    """The trial's run when it finished but the sweep did not hear of it (stopped just after)."""
+def _existing_run(run_name: str, recipe: Recipe) -> RunDir | None:
+    """The run an earlier, cut-short attempt at this trial left: finished (the sweep stopped before it
+    heard) or resumable from `last.ckpt`. A run that never saved a checkpoint holds nothing; it is removed
+    and the trial starts again under the same name."""
     try:
         run = find_run(run_name)
     except NotFoundError:
         return None
-    return run if run.info().status == "finished" else None
-
-
-def _resumable(run_name: str) -> str | None:
-    """The run to resume for a trial that was cut short; a run that never saved a checkpoint is removed,
-    since it holds nothing, and the trial starts again under the same name."""
-    try:
-        run = find_run(run_name)
-    except NotFoundError:
-        return None
-    if run.checkpoint("last").is_file():
-        return run_name
+    if run.recipe().values != recipe.values:
+        raise UsageError(
+            f"run {run_name!r} exists but was trained with another recipe; remove it or pick another --name"
+        )
+    if run.info().status == "finished" or run.checkpoint("last").is_file():
+        return run
     shutil.rmtree(run.path)
     return None
 
@@ -410,7 +410,13 @@ Progress = Callable[[Sweep, Trial], None]
 
 
 class _Search:
-    """The nevergrad optimizer of a sweep, with the sweep's finished trials already told."""
+    """The nevergrad optimizer of a sweep, brought to where the sweep stands.
+
+    The stored trials are replayed in order: ask, then tell the trial's score. With the same seed a
+    deterministic optimizer proposes the same values again, so a resumed sweep continues exactly as an
+    uninterrupted one would; where it proposes something else (a trial that ran under other settings), the
+    stored values are told instead, as a point the optimizer did not ask for.
+    """
 
     def __init__(self, sweep: Sweep, workers: int) -> None:
         import numpy as np
@@ -424,17 +430,20 @@ class _Search:
             parametrization=parametrization, budget=sweep.budget, num_workers=workers
         )
         self.tell_not_asked = ng.errors.TellNotAskedNotSupportedError
+        self.unfinished: list[tuple[Trial, Any]] = []
         for trial in sweep.trials:
+            candidate, values = self.ask()
+            if values != trial.values:
+                candidate = self.parametrization.spawn_child(new_value=trial.values)
             if trial.status in ("finished", "failed"):
-                self.tell(self.recreate(trial.values), trial)
+                self.tell(candidate, trial)
+            else:
+                self.unfinished.append((trial, candidate))
 
     def ask(self) -> tuple[Any, dict[str, Any]]:
         candidate = self.optimizer.ask()
         values = {param.key: param.plain(candidate.value[param.key]) for param in self.params}
         return candidate, values
-
-    def recreate(self, values: dict[str, Any]) -> Any:
-        return self.parametrization.spawn_child(new_value=values)
 
     def tell(self, candidate: Any, trial: Trial) -> None:
         loss = trial.score if trial.score is not None else FAILED_LOSS
@@ -470,11 +479,7 @@ def run_sweep(
         raise UsageError("--workers must be at least 1")
     with _sweep_lock(sweep):
         search = _Search(sweep, workers)
-        queue = [
-            (trial, search.recreate(trial.values))
-            for trial in sweep.trials
-            if trial.status not in ("finished", "failed")
-        ]
+        queue = search.unfinished
         report = progress or (lambda _sweep, _trial: None)
 
         def next_trial() -> tuple[Trial, Any] | None:
@@ -527,11 +532,13 @@ def run_sweep(
                             _finished(sweep, search, trial, candidate, outcome, report)
                     if interrupted:
                         raise KeyboardInterrupt
-        except KeyboardInterrupt:
+        except BaseException as error:
             for trial in running:
                 if trial.status == "running":
                     trial.status = "interrupted"
             sweep.save()
+            if not isinstance(error, KeyboardInterrupt):
+                raise
             raise SweepInterrupted(
                 f"sweep {sweep.name} interrupted after {sweep.done()} of {sweep.budget} trials; "
                 f"continue with `langinterp sweep --resume {sweep.name}`"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from langinterp import sweep as sweeps
@@ -14,6 +15,7 @@ from langinterp.cli import run as cli
 from langinterp.recipe import load_recipe
 from langinterp.runs import find_run, list_runs
 from langinterp.sweep import Sweep, SweepInterrupted, Trial, run_sweep, start_sweep
+from langinterp.training import TrainingInterrupted, train
 
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "birds"]
 PARAMS = [
@@ -38,6 +40,17 @@ def tiny_recipe(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     return recipe
+
+
+class _StopAt(pl.Callback):
+    """Presses Ctrl-C at a given global step."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
 
 
 def _params_flags(params: list[str]) -> list[str]:
@@ -93,6 +106,12 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tiny_recipe: Path) -> Non
     second_values = stored.trials[1].values
     assert stored.best_path.is_file()
 
+    # What Ctrl-C inside trial 2's training leaves: its run, stopped at step 2 with a resumable last.ckpt.
+    cut = load_recipe(tiny_recipe).with_overrides(stored.trials[1].overrides())
+    with pytest.raises(TrainingInterrupted):
+        train(cut, run_name="r-002", extra_callbacks=[_StopAt(2)], quiet=True)
+    second_created = find_run("r-002").info().created
+
     assert cli(["sweep", "--resume", "r"]) == 0
     resumed = Sweep.load("r")
     assert [trial.number for trial in resumed.trials] == [1, 2, 3]
@@ -100,7 +119,12 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tiny_recipe: Path) -> Non
     assert resumed.trials[0] == stored.trials[0]  # not retrained
     assert first.checkpoint("last").stat().st_mtime_ns == first_checkpoint
     assert resumed.trials[1].values == second_values  # the cut-short trial ran with its own values
+    second = find_run("r-002").info()
+    assert (second.created, second.status, second.steps) == (second_created, "finished", 4)  # resumed
     assert sorted(run.name for run in list_runs()) == ["r-001", "r-002", "r-003"]
+    # The optimizer was brought back to where it stood: the same proposals as a sweep never interrupted.
+    whole = run_sweep(start_sweep(load_recipe(tiny_recipe), PARAMS, budget=3, name="u"))
+    assert [trial.values for trial in whole.trials] == [trial.values for trial in resumed.trials]
     best = resumed.best()
     assert best is not None
     assert load_recipe(resumed.best_path).values == find_run(best.run).recipe().values

@@ -119,14 +119,19 @@ def sweep(
         base = load_recipe(recipe, overrides or [])
         state = start_sweep(base, params or [], budget=budget, optimizer=optimizer, name=name, seed=seed)
     console.print(f"sweep [bold]{escape(state.name)}[/]: {escape(str(state.path))}", highlight=False)
-    with Live(trial_table(state), console=console, refresh_per_second=4) as live:
+    try:
+        with Live(trial_table(state), console=console, refresh_per_second=4) as live:
 
-        def show(current: Sweep, _trial: Trial) -> None:
-            live.update(trial_table(current))
+            def show(current: Sweep, _trial: Trial) -> None:
+                live.update(trial_table(current))
 
-        run_sweep(state, workers=workers, mirror=resolve_mirror(mirror), progress=show)
-    if not console.is_terminal:
-        console.line()  # Live ends its last frame with a newline on terminals only
+            try:
+                run_sweep(state, workers=workers, mirror=resolve_mirror(mirror), progress=show)
+            finally:
+                live.update(trial_table(state))  # the last frame shows interrupted trials as such
+    finally:
+        if not console.is_terminal:
+            console.line()  # Live ends its last frame with a newline on terminals only
     _report(state, out)
 
 
