@@ -181,3 +181,8 @@ def test_cli_recipe_options_lists_every_key(capsys: pytest.CaptureFixture[str]) 
     assert run(["recipe", "options"]) == 0
     out = capsys.readouterr().out
     assert "trainer.batch_size" in out and "model.input.segments" in out
+
+
+def test_error_lines_keep_square_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["recipe", "show", str(RECIPES / "sparse_mlp.toml"), "trainer.seed=[1, 2]"]) == 2
+    assert "not [1, 2]" in capsys.readouterr().err

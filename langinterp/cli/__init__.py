@@ -7,6 +7,7 @@ red line on stderr and exit code 2 (bad input) or 1 (run-time failure); `--debug
 import sys
 
 import typer
+from rich.markup import escape
 
 from langinterp.cli import (
     automaton,  # noqa: F401
@@ -24,7 +25,7 @@ from langinterp.errors import LanginterpError
 
 
 def _fail(message: str, code: int) -> int:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return code
 
 
