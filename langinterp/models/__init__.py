@@ -6,6 +6,7 @@ from langinterp.models.registry import build_model, register, registered_types
 __all__ = ["CharModel", "build_model", "register", "registered_types"]
 from langinterp.models import (
     conv,  # noqa: F401
+    gpt,  # noqa: F401
     mamba,  # noqa: F401
     mlp,  # noqa: F401
     transformer,  # noqa: F401
