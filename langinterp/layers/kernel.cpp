@@ -153,14 +153,14 @@ struct Block {
 };
 
 template <typename T>
-int plan_blocks(int O, Block* blocks) {
+int plan_blocks(int O, Block* blocks, int widest = 8) {
     constexpr int VL = Vec<T, 64>::width;
     int count = 0, c = 0;
     while (c < O) {
         const int remaining = O - c;
-        if (remaining >= 8 * VL) {
-            blocks[count++] = {c, c, 8};
-            c += 8 * VL;
+        if (remaining >= widest * VL) {
+            blocks[count++] = {c, c, widest};
+            c += widest * VL;
             continue;
         }
         int nv = 1;
@@ -245,129 +245,233 @@ void forward(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows
         }
 }
 
-// dW[row_of[e], c0 : ...] += phi[e] g for the span's entries e, g the block's columns of dy with the columns
-// before `keep` zeroed (so an overlapping block adds nothing twice).
-template <typename T, int NV>
-inline void scatter_block(const T* phi, const int32_t* row_of, Span sp, const T* dy, int O, Block b, T* dW) {
-    typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
-    V g[NV];
-    if (b.keep == b.c0) {
-        for (int v = 0; v < NV; ++v) g[v] = reinterpret_cast<const V*>(dy + b.c0)[v];
-    } else {
-        T lanes[NV * VL];
-        for (int c = 0; c < NV * VL; ++c) lanes[c] = b.c0 + c < b.keep ? T(0) : dy[b.c0 + c];
-        for (int v = 0; v < NV; ++v) g[v] = reinterpret_cast<const V*>(lanes)[v];
-    }
-    for (int k = 0; k < sp.n; ++k)
-        for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e) {
-            V* w = reinterpret_cast<V*>(dW + int64_t(row_of[e]) * O + b.c0);
-            const T p = phi[e];
-            for (int v = 0; v < NV; ++v) w[v] += p * g[v];
+// One input's samples, grouped by segment: per-thread scratch, filled by `fill` for input i from xt, the
+// input's column of x (all rows, contiguous). The grouping is a counting sort, stable in sample order, so
+// every sum over a bucket is taken in an order that depends on neither the thread count nor the schedule.
+// Bucket j holds positions start[j] .. start[j + 1]; position p is sample[p], with basis values (or, for
+// dL/dx, their derivatives in x) sorted[p * n + k].
+template <typename T>
+struct Buckets {
+    int64_t rows;
+    int n, s, stride;
+    std::unique_ptr<int64_t[]> start, sample;
+    std::unique_ptr<T[]> t, scale, phi, dphi, sorted;
+    std::unique_ptr<int32_t[]> first, row_of;
+    Buckets(int64_t rows_, int n_, int s_, int stride_)
+        : rows(rows_), n(n_), s(s_), stride(stride_), start(new int64_t[s_ + 1]), sample(new int64_t[rows_]),
+          t(new T[rows_]), scale(new T[rows_]), phi(new T[rows_ * n_]), dphi(new T[rows_ * n_]),
+          sorted(new T[rows_ * n_]), first(new int32_t[rows_]), row_of(new int32_t[rows_ * n_]) {}
+
+    void fill(const Basis<T>& b, const T* xt, bool derivative) {
+        // locate_row over the rows of one input (K = 0: first[r] = j * stride); phi [n, rows]
+        locate_row(b, xt, int(rows), s, stride, 0, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
+                   derivative ? dphi.get() : static_cast<T*>(nullptr));
+        const T* values = derivative ? dphi.get() : phi.get();
+        for (int j = 0; j <= s; ++j) start[j] = 0;
+        for (int64_t r = 0; r < rows; ++r) ++start[first[r] / stride + 1];
+        for (int j = 0; j < s; ++j) start[j + 1] += start[j];
+        for (int64_t r = 0; r < rows; ++r) {  // start[j] serves as bucket j's cursor, then is shifted back
+            const int64_t p = start[first[r] / stride]++;
+            sample[p] = r;
+            for (int k = 0; k < n; ++k) sorted[p * n + k] = values[k * rows + r];
         }
-}
-
-template <typename T>
-inline void scatter_any(const T* phi, const int32_t* row_of, Span sp, const T* dy, int O, Block b, T* dW) {
-    switch (b.nv) {
-        case 8: scatter_block<T, 8>(phi, row_of, sp, dy, O, b, dW); return;
-        case 4: scatter_block<T, 4>(phi, row_of, sp, dy, O, b, dW); return;
-        case 2: scatter_block<T, 2>(phi, row_of, sp, dy, O, b, dW); return;
-        case 1: scatter_block<T, 1>(phi, row_of, sp, dy, O, b, dW); return;
-        default:
-            for (int k = 0; k < sp.n; ++k)
-                for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e)
-                    for (int c = b.keep; c < O; ++c) dW[int64_t(row_of[e]) * O + c] += phi[e] * dy[c];
+        for (int j = s; j > 0; --j) start[j] = start[j - 1];
+        start[0] = 0;
     }
-}
+};
 
-// dW[row_of[r, e], c] += phi[r, e] dy[r, c]. Threads own disjoint groups of inputs, hence disjoint rows of
-// dW: no atomics, and sums that do not depend on the number of threads.
-template <typename T>
-void grad_weight(const T* x, const T* dy, T* dW, T* phi, int32_t* row_of, int64_t rows, int I, int O, int n,
-                 int s, int stride, int K) {
-    const Basis<T> basis(n);
-    locate(basis, x, rows, I, s, stride, K, phi, row_of, static_cast<T*>(nullptr));
-    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
-    const int count = plan_blocks<T>(O, blocks.get());
-    const int E = I * n;
-    const int G = group_size(I, K, int64_t(O) * sizeof(T), 512 << 10);
-    const int groups = (I + G - 1) / G;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int gi = 0; gi < groups; ++gi) {
-        const int i0 = gi * G, i1 = (gi + 1) * G < I ? (gi + 1) * G : I;
-        for (int bi = 0; bi < count; ++bi)
-            for (int64_t r = 0; r < rows; ++r)
-                scatter_any(phi + r * E, row_of + r * E, Span{I, n, i0, i1}, dy + r * O, O, blocks[bi], dW);
-    }
-}
-
-// <W[row_q], g> for four rows at once (four independent accumulators hide latency). The columns past the
-// last full vector are covered by one vector ending at O, against `tail`, a copy of those columns of g with
-// the ones already counted zeroed.
-template <typename T>
-inline void dot4(const T* W, const int32_t* rows, const T* g, const T* tail, int O, T* out) {
+// dW[i, j * stride + k, block] += sum over bucket j's samples r of phi_k(r) dy[r, block], for every segment
+// j of input i. The n accumulator rows stay in registers while the bucket's dy rows stream past, so each
+// loaded vector of dy feeds n multiply-adds and each row of dW is written once per bucket, not per sample.
+template <typename T, int N, int NV>
+void grad_weight_block(const Buckets<T>& bk, const T* dy, int O, Block b, int n_rt, int s, int stride,
+                       T* dW_i) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
-    const T* w[4];
-    for (int q = 0; q < 4; ++q) w[q] = W + int64_t(rows[q]) * O;
-    V acc[4] = {V{}, V{}, V{}, V{}};
-    int c = 0;
-    for (; c + VL <= O; c += VL) {
-        const V gv = *reinterpret_cast<const V*>(g + c);
-        for (int q = 0; q < 4; ++q) acc[q] += *reinterpret_cast<const V*>(w[q] + c) * gv;
-    }
-    if (c < O && O >= VL) {
-        const V gv = *reinterpret_cast<const V*>(tail);
-        for (int q = 0; q < 4; ++q) acc[q] += *reinterpret_cast<const V*>(w[q] + O - VL) * gv;
-        c = O;
-    }
-    for (int q = 0; q < 4; ++q) {
-        T sum = 0;
-        for (int v = 0; v < VL; ++v) sum += acc[q][v];
-        for (int cc = c; cc < O; ++cc) sum += w[q][cc] * g[cc];
-        out[q] = sum;
+    constexpr int NA = N > 0 ? N : kMaxN;
+    const int n = N > 0 ? N : n_rt;
+    for (int j = 0; j < s; ++j) {
+        const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
+        if (p0 == p1) continue;
+        V acc[NA][NV];
+        for (int k = 0; k < n; ++k)
+            for (int v = 0; v < NV; ++v) acc[k][v] = V{};
+        for (int64_t p = p0; p < p1; ++p) {
+            const V* g = reinterpret_cast<const V*>(dy + bk.sample[p] * O + b.c0);
+            V gv[NV];
+            for (int v = 0; v < NV; ++v) gv[v] = g[v];
+            for (int k = 0; k < n; ++k) {
+                const T ph = bk.sorted[p * n + k];
+                for (int v = 0; v < NV; ++v) acc[k][v] += ph * gv[v];
+            }
+        }
+        for (int k = 0; k < n; ++k) {
+            T* out = dW_i + int64_t(j * stride + k) * O;
+            if (b.keep == b.c0) {
+                V* o = reinterpret_cast<V*>(out + b.c0);
+                for (int v = 0; v < NV; ++v) o[v] += acc[k][v];
+            } else {
+                T lanes[NV * VL];
+                for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(lanes)[v] = acc[k][v];
+                for (int c = b.keep; c < b.c0 + NV * VL; ++c) out[c] += lanes[c - b.c0];
+            }
+        }
     }
 }
 
-// dx[r, i] = sum_k dphi_k/dx <W[row_k], dy[r]>, group by group of inputs for cache reuse of W.
+template <typename T, int N>
+void grad_weight_any(const Buckets<T>& bk, const T* dy, int O, Block b, int n, int s, int stride,
+                     T* dW_i) {
+    switch (b.nv) {
+        case 8: grad_weight_block<T, N, 8>(bk, dy, O, b, n, s, stride, dW_i); return;
+        case 4: grad_weight_block<T, N, 4>(bk, dy, O, b, n, s, stride, dW_i); return;
+        case 2: grad_weight_block<T, N, 2>(bk, dy, O, b, n, s, stride, dW_i); return;
+        case 1: grad_weight_block<T, N, 1>(bk, dy, O, b, n, s, stride, dW_i); return;
+        default:  // fewer columns than one vector
+            for (int j = 0; j < s; ++j)
+                for (int64_t p = bk.start[j]; p < bk.start[j + 1]; ++p)
+                    for (int k = 0; k < n; ++k)
+                        for (int c = b.keep; c < O; ++c)
+                            dW_i[int64_t(j * stride + k) * O + c] += bk.sorted[p * n + k] * dy[bk.sample[p] * O + c];
+    }
+}
+
+// Register blocks per node count: n accumulator rows of nv vectors plus one row of dy fit the 32 registers.
+inline int max_vectors(int n) { return n <= 2 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 : 1)); }
+
+// dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
+// on the number of threads.
 template <typename T>
-void grad_input(const T* x, const T* W, const T* dy, T* dx, T* phi, T* dphi, int32_t* row_of, int64_t rows,
-                int I, int O, int n, int s, int stride, int K) {
+void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+    const Basis<T> basis(n);
+    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
+    const int count = plan_blocks<T>(O, blocks.get(), max_vectors(n));
+#pragma omp parallel
+    {
+        Buckets<T> bk(rows, n, s, stride);
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < I; ++i) {
+            bk.fill(basis, xt + int64_t(i) * rows, false);
+            T* dW_i = dW + int64_t(i) * K * O;
+            for (int bi = 0; bi < count; ++bi) switch (n) {
+                    case 1: grad_weight_any<T, 1>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 2: grad_weight_any<T, 2>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 3: grad_weight_any<T, 3>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 4: grad_weight_any<T, 4>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 5: grad_weight_any<T, 5>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
+                    default: grad_weight_any<T, 0>(bk, dy, O, blocks[bi], n, s, stride, dW_i);
+                }
+        }
+    }
+}
+
+// Horizontal sum of a vector, by halves (a lane-by-lane loop does not vectorise).
+template <typename T>
+inline T hsum(typename Vec<T, 64>::type v) {
+    typedef T H __attribute__((vector_size(32)));
+    typedef T Q __attribute__((vector_size(16)));
+    H h;
+    __builtin_memcpy(&h, &v, 32);
+    H h2;
+    __builtin_memcpy(&h2, reinterpret_cast<const char*>(&v) + 32, 32);
+    h += h2;
+    Q q, q2;
+    __builtin_memcpy(&q, &h, 16);
+    __builtin_memcpy(&q2, reinterpret_cast<const char*>(&h) + 16, 16);
+    q += q2;
+    T sum = 0;
+    for (int l = 0; l < int(16 / sizeof(T)); ++l) sum += q[l];
+    return sum;
+}
+
+// dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r, two samples at a time
+// (2n independent accumulators hide the multiply-add latency). The bucket's n weight rows stay in L1 while
+// its dy rows stream past. Columns past the last full vector are covered by one vector ending at O whose
+// already-counted lanes `tail_mask` zeroes; with fewer columns than one vector, plain scalar code.
+template <typename T, int N>
+void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int O,
+                       int n_rt, typename Vec<T, 64>::type tail_mask, T* dxT) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    constexpr int NA = N > 0 ? N : kMaxN;
+    const int n = N > 0 ? N : n_rt;
+    const int full = O / VL * VL;
+    if (O < VL) {
+        for (int64_t p = p0; p < p1; ++p) {
+            const T* g = dy + bk.sample[p] * O;
+            T dx = 0;
+            for (int k = 0; k < n; ++k) {
+                T dot = 0;
+                for (int c = 0; c < O; ++c) dot += w[int64_t(k) * O + c] * g[c];
+                dx += bk.sorted[p * n + k] * dot;
+            }
+            dxT[bk.sample[p]] = dx;
+        }
+        return;
+    }
+    for (int64_t p = p0; p < p1; p += 2) {
+        const int m = p + 1 < p1 ? 2 : 1;
+        const T* g[2] = {dy + bk.sample[p] * O, dy + bk.sample[p + m - 1] * O};
+        V acc[2][NA];
+        for (int u = 0; u < 2; ++u)
+            for (int k = 0; k < n; ++k) acc[u][k] = V{};
+        for (int c = 0; c < full; c += VL) {
+            const V g0 = *reinterpret_cast<const V*>(g[0] + c), g1 = *reinterpret_cast<const V*>(g[1] + c);
+            for (int k = 0; k < n; ++k) {
+                const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * O + c);
+                acc[0][k] += wk * g0;
+                acc[1][k] += wk * g1;
+            }
+        }
+        if (full < O) {
+            const V g0 = *reinterpret_cast<const V*>(g[0] + O - VL) * tail_mask;
+            const V g1 = *reinterpret_cast<const V*>(g[1] + O - VL) * tail_mask;
+            for (int k = 0; k < n; ++k) {
+                const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * O + O - VL);
+                acc[0][k] += wk * g0;
+                acc[1][k] += wk * g1;
+            }
+        }
+        for (int u = 0; u < m; ++u) {
+            T dx = 0;
+            for (int k = 0; k < n; ++k) dx += bk.sorted[(p + u) * n + k] * hsum<T>(acc[u][k]);
+            dxT[bk.sample[p + u]] = dx;
+        }
+    }
+}
+
+// dL/dx, input by input (threads own inputs) into dxT [I, rows], then transposed into dx [rows, I].
+template <typename T>
+void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
+                int stride, int K) {
+    typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     const Basis<T> basis(n);
-    const int E = I * n;
-    locate(basis, x, rows, I, s, stride, K, phi, row_of, dphi);
-    const int G = group_size(I, K, int64_t(O) * sizeof(T), 1024 << 10);
-    const int64_t chunk = row_chunk(rows);
-    const int64_t chunks = (rows + chunk - 1) / chunk;
-    const int full = O / VL * VL;
-#pragma omp parallel for schedule(static)
-    for (int64_t q = 0; q < chunks; ++q) {
-        const int64_t r1 = (q + 1) * chunk < rows ? (q + 1) * chunk : rows;
-        T dots[4], tail[VL];
-        int32_t quad[4];
-        for (int i0 = 0; i0 < I; i0 += G) {
-            const int i1 = i0 + G < I ? i0 + G : I;
-            for (int64_t r = q * chunk; r < r1; ++r) {
-                const int32_t* ro = row_of + r * E;
-                const T* dp = dphi + r * E;
-                const T* g = dy + r * O;
-                if (O >= VL)
-                    for (int v = 0; v < VL; ++v) tail[v] = O - VL + v < full ? T(0) : g[O - VL + v];
-                T* out = dx + r * I;
-                for (int i = i0; i < i1; ++i) out[i] = 0;
-                for (int k = 0; k < n; ++k) {
-                    for (int i = i0; i < i1; i += 4) {
-                        const int m = i1 - i < 4 ? i1 - i : 4;
-                        const int e = k * I + i;
-                        for (int u = 0; u < 4; ++u) quad[u] = ro[e + (u < m ? u : 0)];
-                        dot4(W, quad, g, tail, O, dots);
-                        for (int u = 0; u < m; ++u) out[i + u] += dp[e + u] * dots[u];
-                    }
+    V tail_mask;
+    for (int l = 0; l < VL; ++l) tail_mask[l] = O - VL + l < O / VL * VL ? T(0) : T(1);
+#pragma omp parallel
+    {
+        Buckets<T> bk(rows, n, s, stride);
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < I; ++i) {
+            bk.fill(basis, xt + int64_t(i) * rows, true);
+            T* out = dxT + int64_t(i) * rows;
+            for (int j = 0; j < s; ++j) {
+                const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
+                const T* w = W + (int64_t(i) * K + int64_t(j) * stride) * O;
+                switch (n) {
+                    case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
+                    case 2: grad_input_bucket<T, 2>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
+                    case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
+                    case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
+                    case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
+                    default: grad_input_bucket<T, 0>(bk, p0, p1, w, dy, O, n, tail_mask, out);
                 }
             }
         }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; ++r)
+            for (int i = 0; i < I; ++i) dx[r * I + i] = dxT[int64_t(i) * rows + r];
     }
 }
 
@@ -429,15 +533,15 @@ extern "C" {
         omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
         forward<T>(x, W, y, phi, row_of, rows, I, O, n, s, stride, K);                                      \
     }                                                                                                       \
-    void grad_weight_##SUFFIX(const T* x, const T* dy, T* dW, T* phi, int32_t* row_of, int64_t rows, int I, \
-                              int O, int n, int s, int stride, int K, int threads) {                        \
+    void grad_weight_##SUFFIX(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,     \
+                              int stride, int K, int threads) {                                             \
         omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
-        grad_weight<T>(x, dy, dW, phi, row_of, rows, I, O, n, s, stride, K);                                \
+        grad_weight<T>(xt, dy, dW, rows, I, O, n, s, stride, K);                                            \
     }                                                                                                       \
-    void grad_input_##SUFFIX(const T* x, const T* W, const T* dy, T* dx, T* phi, T* dphi, int32_t* row_of,  \
-                             int64_t rows, int I, int O, int n, int s, int stride, int K, int threads) {    \
+    void grad_input_##SUFFIX(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, \
+                             int n, int s, int stride, int K, int threads) {                                \
         omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
-        grad_input<T>(x, W, dy, dx, phi, dphi, row_of, rows, I, O, n, s, stride, K);                        \
+        grad_input<T>(xt, W, dy, dx, dxT, rows, I, O, n, s, stride, K);                                     \
     }
 
 #define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \
