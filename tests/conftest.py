@@ -4,6 +4,7 @@ Every test gets its own `LANGINTERP_HOME` and no `LANGINTERP_MIRROR`, and gutenb
 closed local port, so no test can touch the user's cache or the network by accident.
 """
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from langinterp import gutenberg
+from langinterp.cli import run
 
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there, connections are refused
 
@@ -250,3 +252,29 @@ def gutenberg_file() -> Callable[..., str]:
         return header.format(**fields) + "\n\n" + body + "\n\n\n" + footer.format(**fields)
 
     return make
+
+
+@pytest.fixture
+def round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[[str, list[str]], dict]:
+    """Train a recipe for a few steps on a small text through the CLI, then generate and evaluate with it."""
+
+    def check(recipe: str, overrides: list[str]) -> dict:
+        book = tmp_path / "book.txt"
+        book.write_text("the dunwich horror came over the hills. " * 30, encoding="utf-8")
+        tiny = [
+            f"data.books=['{book}']",
+            "trainer.max_epochs=1",
+            "trainer.max_steps=3",
+            "trainer.batch_size=16",
+        ]
+        tiny += ["trainer.samples=0", "trainer.accelerator='cpu'"]
+        assert run(["train", recipe, *overrides, *tiny, "--run-name", "tiny", "--quiet"]) == 0
+        capsys.readouterr()
+        assert run(["generate", "--run", "tiny", "-p", "the hills", "-n", "20", "--seed", "1"]) == 0
+        assert capsys.readouterr().out.startswith("the hills")
+        assert run(["evaluate", "--run", "tiny", "--file", str(book), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert 0 < report["bits_per_char"] < 20
+        return report
+
+    return check

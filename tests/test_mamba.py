@@ -1,13 +1,11 @@
 """Mamba: the selective scans agree, stepping equals the parallel form, causality, the step-0 loss."""
 
-import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from langinterp.cli import run
 from langinterp.models import build_model
 from langinterp.models.scan import chunked_scan, cuda_scan_available, selective_scan, sequential_scan
 from langinterp.recipe import load_recipe
@@ -124,15 +122,5 @@ def test_predictions_are_causal_and_the_scans_agree_inside_the_model() -> None:
 
 
 @pytest.mark.parametrize("recipe", ["recipes/mamba.toml", "recipes/mamba_high_order.toml"])
-def test_the_recipe_trains_generates_and_evaluates_through_the_cli(recipe: str, tmp_path, capsys) -> None:
-    book = tmp_path / "book.txt"
-    book.write_text("the dunwich horror came over the hills. " * 30, encoding="utf-8")
-    overrides = [*TINY, f"data.books=['{book}']", "trainer.max_epochs=1", "trainer.max_steps=3"]
-    overrides += ["trainer.batch_size=16", "trainer.samples=0", "trainer.accelerator='cpu'"]
-    assert run(["train", recipe, *overrides, "--run-name", "tiny", "--quiet"]) == 0
-    capsys.readouterr()
-    assert run(["generate", "--run", "tiny", "-p", "the hills", "-n", "20", "--seed", "1"]) == 0
-    assert capsys.readouterr().out.startswith("the hills")
-    assert run(["evaluate", "--run", "tiny", "--file", str(book), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["characters"] > 1000 and 0 < report["bits_per_char"] < 20
+def test_the_recipe_trains_generates_and_evaluates_through_the_cli(recipe: str, round_trip) -> None:
+    assert round_trip(recipe, TINY)["characters"] > 1000

@@ -1,11 +1,8 @@
 """Transformer: attention runs across positions causally, order matters, the batch place does not."""
 
-import json
-
 import pytest
 import torch
 
-from langinterp.cli import run
 from langinterp.errors import UsageError
 from langinterp.models import build_model
 from langinterp.models.transformer import Transformer
@@ -82,16 +79,6 @@ def test_heads_must_divide_the_width() -> None:
 
 @pytest.mark.parametrize(("recipe", "overrides"), [(RECIPES[0], TINY), (RECIPES[1], TINY)])
 def test_the_recipe_trains_generates_and_evaluates_through_the_cli(
-    recipe: str, overrides: list[str], tmp_path, capsys
+    recipe: str, overrides: list[str], round_trip
 ) -> None:
-    book = tmp_path / "book.txt"
-    book.write_text("the dunwich horror came over the hills. " * 30, encoding="utf-8")
-    overrides = [*overrides, f"data.books=['{book}']", "trainer.max_epochs=1", "trainer.max_steps=3"]
-    overrides += ["trainer.batch_size=16", "trainer.samples=0", "trainer.accelerator='cpu'"]
-    assert run(["train", recipe, *overrides, "--run-name", "tiny", "--quiet"]) == 0
-    capsys.readouterr()
-    assert run(["generate", "--run", "tiny", "-p", "the hills", "-n", "20", "--seed", "1"]) == 0
-    assert capsys.readouterr().out.startswith("the hills")
-    assert run(["evaluate", "--run", "tiny", "--file", str(book), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["characters"] > 900 and 0 < report["bits_per_char"] < 20
+    assert round_trip(recipe, overrides)["characters"] > 900
