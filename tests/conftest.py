@@ -13,6 +13,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 
 from langinterp import gutenberg
 from langinterp.cli import run
@@ -278,3 +279,14 @@ def round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[[
         return report
 
     return check
+
+
+class StopAt(pl.Callback):
+    """Presses Ctrl-C at a given global step, as a user would mid-training."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import StopAt
 
 from langinterp import sweep as sweeps
 from langinterp.cli import run as cli
@@ -40,17 +40,6 @@ def tiny_recipe(tmp_path: Path) -> Path:
         encoding="utf-8",
     )
     return recipe
-
-
-class _StopAt(pl.Callback):
-    """Presses Ctrl-C at a given global step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 def _params_flags(params: list[str]) -> list[str]:
@@ -109,7 +98,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tiny_recipe: Path) -> Non
     # What Ctrl-C inside trial 2's training leaves: its run, stopped at step 2 with a resumable last.ckpt.
     cut = load_recipe(tiny_recipe).with_overrides(stored.trials[1].overrides())
     with pytest.raises(TrainingInterrupted):
-        train(cut, run_name="r-002", extra_callbacks=[_StopAt(2)], quiet=True)
+        train(cut, run_name="r-002", extra_callbacks=[StopAt(2)], quiet=True)
     second_created = find_run("r-002").info().created
 
     assert cli(["sweep", "--resume", "r"]) == 0

@@ -6,8 +6,8 @@ import signal
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import StopAt
 
 from langinterp import training
 from langinterp.cli import run as cli
@@ -130,21 +130,10 @@ def test_runs_are_repeatable_and_resume_continues_exactly(small_text: Path) -> N
     _assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
 
 
-class _StopAt(pl.Callback):
-    """Presses Ctrl-C at a given global step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_checkpoint(small_text: Path) -> None:
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="--resume stopped"):
-        train(tiny_recipe(small_text), run_name="stopped", extra_callbacks=[_StopAt(3)], quiet=True)
+        train(tiny_recipe(small_text), run_name="stopped", extra_callbacks=[StopAt(3)], quiet=True)
     assert signal.getsignal(signal.SIGINT) == handler
     run = find_run("stopped")
     assert run.info().status == "interrupted"
