@@ -1,5 +1,7 @@
 """The Typer application and the consoles every command module shares."""
 
+from typing import Annotated
+
 import typer
 from rich.console import Console
 
@@ -12,6 +14,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+# Options several commands share, declared once.
+Mirror = Annotated[
+    str | None,
+    typer.Option(
+        "--mirror",
+        help="Gutenberg mirror: an http(s)://, file:// URL or a folder laid out like Gutenberg's mirrors "
+        "(default: $LANGINTERP_MIRROR, else gutenberg.org).",
+        show_default=False,
+    ),
+]
+RunName = Annotated[str | None, typer.Option("--run-name", help="Run directory name (default: recipe-time).")]
 
 console = Console()
 err_console = Console(stderr=True)

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from langinterp.cli.app import app, console
+from langinterp.cli.app import Mirror, app, console
 from langinterp.errors import UsageError
 
 SPLITS = ("valid", "test")
@@ -26,9 +26,7 @@ def evaluate(
     split: str | None = typer.Option(
         None, "--split", help="The run's own held-out text: valid (default) or test (data.test_books)."
     ),
-    mirror: str | None = typer.Option(
-        None, "--mirror", help="Gutenberg mirror for books (default: $LANGINTERP_MIRROR, else gutenberg.org)."
-    ),
+    mirror: Mirror = None,
     batch_size: int = typer.Option(1024, "--batch-size", help="Windows scored per forward pass."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:

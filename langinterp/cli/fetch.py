@@ -16,7 +16,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from langinterp.cli.app import app, console
+from langinterp.cli.app import Mirror, app, console
 from langinterp.errors import UsageError
 from langinterp.gutenberg import BookRecord, cached_books, fetch_book, parse_book_id, resolve_mirror
 from langinterp.paths import books_dir
@@ -88,13 +88,7 @@ def _show_books() -> None:
 @app.command()
 def fetch(
     book_ids: list[str] = typer.Argument(None, metavar="ID...", help="Project Gutenberg book ids (50133)."),
-    mirror: str | None = typer.Option(
-        None,
-        "--mirror",
-        help="Mirror to read from: http(s)://, file:// URL or a folder laid out like Gutenberg's mirrors. "
-        "Default: $LANGINTERP_MIRROR, else gutenberg.org.",
-        show_default=False,
-    ),
+    mirror: Mirror = None,
     force: bool = typer.Option(False, "--force", help="Download again even when the book is cached."),
     list_books: bool = typer.Option(False, "--list", help="List the cached books instead of fetching."),
 ) -> None:

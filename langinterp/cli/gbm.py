@@ -6,22 +6,15 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from langinterp.cli.app import app, console
+from langinterp.cli.app import Mirror, RunName, app, console
 
 
 @app.command()
 def gbm(
     recipe: Path = typer.Argument(..., help="Recipe TOML file whose model.type is gbm (recipes/gbm.toml)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. model.rounds=20."),
-    run_name: str | None = typer.Option(
-        None, "--run-name", help="Run directory name (default: recipe-time)."
-    ),
-    mirror: str | None = typer.Option(
-        None,
-        "--mirror",
-        help="Gutenberg mirror for the recipe's books (default: $LANGINTERP_MIRROR, else gutenberg.org).",
-        show_default=False,
-    ),
+    run_name: RunName = None,
+    mirror: Mirror = None,
 ) -> None:
     """Train a LightGBM booster on the previous data.context characters; save it in a new run directory."""
     from langinterp.gbm_training import check_gbm_recipe, train_gbm

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from langinterp.cli.app import app, console
+from langinterp.cli.app import Mirror, app, console
 from langinterp.errors import UsageError
 
 if TYPE_CHECKING:
@@ -94,12 +94,7 @@ def sweep(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the optimizer's proposals.", min=0),
     out: Path | None = typer.Option(None, "--out", help="Also copy best.toml here.", show_default=False),
-    mirror: str | None = typer.Option(
-        None,
-        "--mirror",
-        help="Gutenberg mirror (default: $LANGINTERP_MIRROR, else gutenberg.org).",
-        show_default=False,
-    ),
+    mirror: Mirror = None,
 ) -> None:
     """Search hyper-parameters: every trial trains a run, scored by held-out bits/char; writes best.toml."""
     from langinterp.gutenberg import resolve_mirror

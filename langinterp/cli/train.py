@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from langinterp.cli.app import app, console
+from langinterp.cli.app import Mirror, RunName, app, console
 from langinterp.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,18 +38,11 @@ def train(
         show_default=False,
     ),
     overrides: list[str] = typer.Argument(None, help="key=value overrides, e.g. trainer.max_epochs=5."),
-    run_name: str | None = typer.Option(
-        None, "--run-name", help="Run directory name (default: recipe-time)."
-    ),
+    run_name: RunName = None,
     resume: bool = typer.Option(
         False, "--resume", help="Continue a run from its last checkpoint; overrides may change trainer.*."
     ),
-    mirror: str | None = typer.Option(
-        None,
-        "--mirror",
-        help="Gutenberg mirror (default: $LANGINTERP_MIRROR, else gutenberg.org).",
-        show_default=False,
-    ),
+    mirror: Mirror = None,
     accelerator: str | None = typer.Option(
         None, "--accelerator", help="auto (CUDA when present), cpu or gpu."
     ),
