@@ -85,7 +85,8 @@ def _report(run: RunDir) -> None:
     if final:
         table = Table("metric", "value", box=None, header_style="bold")
         for key in sorted(final):
-            table.add_row(key, f"{final[key]:,.4f}")
+            value = final[key]
+            table.add_row(key, f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4f}")
         console.print(table)
     if info.best_valid_bpc is not None:
         console.print(f"best validation: {info.best_valid_bpc:.4f} bits/char", highlight=False)
