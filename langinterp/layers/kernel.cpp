@@ -145,6 +145,14 @@ inline int group_size(int I, int K, int64_t row_bytes, int64_t slice_bytes) {
     return int(g < 1 ? 1 : (g > I ? I : g));
 }
 
+// Rows are read in an order only the data knows, so the hardware prefetcher cannot follow; each loop asks
+// for the row it will need kAhead steps later, which keeps several rows in flight from the outer caches.
+constexpr int kAhead = 4;
+
+inline void prefetch_lines(const void* p, int bytes) {
+    for (int b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b, 0, 3);
+}
+
 // A block of output columns held in NV registers: it computes [c0, c0 + NV*width) and keeps only the
 // columns from `keep` on. The last block of a row is shifted left to end at O (overlapping the one before)
 // rather than shrunk, so every block runs at full vector width and no column is done in scalar code.
@@ -188,6 +196,7 @@ inline void gather_block(const T* phi, const int32_t* row_of, Span sp, const T* 
     for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : init[v];
     for (int k = 0; k < sp.n; ++k)
         for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e) {
+            if (e + kAhead < k * sp.I + sp.i1) prefetch_lines(W + int64_t(row_of[e + kAhead]) * O + b.c0, NV * 64);
             const T p = phi[e];
             const V* w = reinterpret_cast<const V*>(W + int64_t(row_of[e]) * O + b.c0);
             for (int v = 0; v < NV; ++v) acc[v] += p * w[v];
@@ -384,8 +393,7 @@ inline T hsum(typename Vec<T, 64>::type v) {
     return sum;
 }
 
-// dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r, two samples at a time
-// (2n independent accumulators hide the multiply-add latency). The bucket's n weight rows stay in L1 while
+// dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r. The bucket's n weight rows stay in L1 while
 // its dy rows stream past. Columns past the last full vector are covered by one vector ending at O whose
 // already-counted lanes `tail_mask` zeroes; with fewer columns than one vector, plain scalar code.
 template <typename T, int N>
@@ -409,27 +417,30 @@ void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w,
         }
         return;
     }
-    for (int64_t p = p0; p < p1; p += 2) {
-        const int m = p + 1 < p1 ? 2 : 1;
-        const T* g[2] = {dy + bk.sample[p] * O, dy + bk.sample[p + m - 1] * O};
-        V acc[2][NA];
-        for (int u = 0; u < 2; ++u)
+    // U samples at a time: U * n independent accumulators (at least 8) hide the multiply-add latency, and
+    // each loaded weight vector serves U samples.
+    constexpr int U = N == 1 ? 8 : (N == 2 ? 4 : 2);
+    for (int64_t p = p0; p < p1; p += U) {
+        const int m = p1 - p < U ? int(p1 - p) : U;
+        const T* g[U];
+        for (int u = 0; u < U; ++u) g[u] = dy + bk.sample[p + (u < m ? u : 0)] * O;
+        V acc[U][NA];
+        for (int u = 0; u < U; ++u)
             for (int k = 0; k < n; ++k) acc[u][k] = V{};
         for (int c = 0; c < full; c += VL) {
-            const V g0 = *reinterpret_cast<const V*>(g[0] + c), g1 = *reinterpret_cast<const V*>(g[1] + c);
+            V gv[U];
+            for (int u = 0; u < U; ++u) gv[u] = *reinterpret_cast<const V*>(g[u] + c);
             for (int k = 0; k < n; ++k) {
                 const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * O + c);
-                acc[0][k] += wk * g0;
-                acc[1][k] += wk * g1;
+                for (int u = 0; u < U; ++u) acc[u][k] += wk * gv[u];
             }
         }
         if (full < O) {
-            const V g0 = *reinterpret_cast<const V*>(g[0] + O - VL) * tail_mask;
-            const V g1 = *reinterpret_cast<const V*>(g[1] + O - VL) * tail_mask;
+            V gv[U];
+            for (int u = 0; u < U; ++u) gv[u] = *reinterpret_cast<const V*>(g[u] + O - VL) * tail_mask;
             for (int k = 0; k < n; ++k) {
                 const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * O + O - VL);
-                acc[0][k] += wk * g0;
-                acc[1][k] += wk * g1;
+                for (int u = 0; u < U; ++u) acc[u][k] += wk * gv[u];
             }
         }
         for (int u = 0; u < m; ++u) {
