@@ -44,6 +44,9 @@ inline void basis_row(const Basis<T>& b, int I, const T* __restrict t, const T* 
                       const int32_t* __restrict first, T* __restrict phi, int32_t* __restrict row_of,
                       T* __restrict dphi) {
     const int n = N > 0 ? N : b.n;
+    // Unrolled over k so that each copy's tests m == k are constants: with k unknown the loop over
+    // inputs stays scalar.
+#pragma GCC unroll 8
     for (int k = 0; k < n; ++k) {
         const T inv = b.inv_den[k];
         if (dphi) {

@@ -183,61 +183,64 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _dense(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, segments: int, step: int):
-    inputs, K, _ = weight.shape
-    function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
+def _dense(name: str, tensors: list[Tensor], x: Tensor, K: int, n: int, segments: int, step: int):
+    function = getattr(_library(), f"{name}_{DTYPES[x.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    threads = _threads(x.shape[0] * inputs * K)
-    function(*pointers, x.shape[0], inputs, n, segments, step, K, threads)
+    threads = _threads(x.shape[0] * x.shape[1] * K)
+    function(*pointers, x.shape[0], x.shape[1], n, segments, step, K, threads)
 
 
-def _dense_basis(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
-    """The [rows, in*K] basis matrix: phi at each input's n active columns, zero elsewhere."""
+@torch.library.custom_op("langinterp::piecewise_basis", mutates_args=())
+def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    """The [rows, in*K] basis matrix of the dense path: phi at each input's n active columns, zero elsewhere.
+
+    Its product with the weight table is left to a plain matmul, so that autograd keeps the basis for dL/dW
+    (as a Linear keeps its input) instead of this op rebuilding it.
+    """
     x = x.contiguous()
-    basis = x.new_empty(x.shape[0], weight.shape[0] * weight.shape[1])
-    _dense("dense_basis", [x, basis], x, weight, n, segments, step)
+    basis = x.new_empty(x.shape[0], x.shape[1] * K)
+    _dense("dense_basis", [x, basis], x, K, n, segments, step)
     return basis
 
 
-@torch.library.custom_op("langinterp::piecewise_dense", mutates_args=())
-def piecewise_dense(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
-    """The same function as ``piecewise`` as one matmul: basis [rows, in*K] (n non-zeros per input) @ W."""
-    return _dense_basis(x, weight, n, segments, step) @ weight.reshape(-1, weight.shape[2])
+@piecewise_basis.register_fake
+def _(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1] * K)
 
 
-@piecewise_dense.register_fake
-def _(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
-    return x.new_empty(x.shape[0], weight.shape[2])
-
-
-@torch.library.custom_op("langinterp::piecewise_dense_grad_weight", mutates_args=())
-def piecewise_dense_grad_weight(
-    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
-) -> Tensor:
-    """basis^T @ grad, with the basis rebuilt rather than kept from the forward pass."""
-    return (_dense_basis(x, weight, n, segments, step).T @ grad).view(weight.shape)
-
-
-@piecewise_dense_grad_weight.register_fake
-def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
-    return torch.empty_like(weight, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("langinterp::piecewise_dense_grad_input", mutates_args=())
-def piecewise_dense_grad_input(
-    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
-) -> Tensor:
-    """sum_k dphi_k/dx (grad @ weight^T)[active row k]."""
-    x = x.contiguous()
-    projected = grad @ weight.reshape(-1, weight.shape[2]).T
+@torch.library.custom_op("langinterp::piecewise_basis_grad", mutates_args=())
+def piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    """dL/dx[r, i] = sum_k dphi_k/dx grad[r, active column k of input i] (grad: dL/dbasis = dy @ W^T)."""
+    x, grad = x.contiguous(), grad.contiguous()
     result = torch.empty_like(x)
-    _dense("dense_grad_input", [x, projected, result], x, weight, n, segments, step)
+    _dense("dense_grad_input", [x, grad, result], x, K, n, segments, step)
     return result
 
 
-@piecewise_dense_grad_input.register_fake
-def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+@piecewise_basis_grad.register_fake
+def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _basis_setup_context(ctx, inputs, output) -> None:
+    x, *shape = inputs
+    ctx.save_for_backward(x)
+    ctx.shape = shape
+
+
+def _basis_backward(ctx, grad: Tensor):
+    (x,) = ctx.saved_tensors
+    grad_x = piecewise_basis_grad(x, grad, *ctx.shape) if ctx.needs_input_grad[0] else None
+    return grad_x, None, None, None, None
+
+
+piecewise_basis.register_autograd(_basis_backward, setup_context=_basis_setup_context)
+
+
+def piecewise_dense(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    """The same function as ``piecewise`` as one matmul: basis [rows, in*K] (n non-zeros per input) @ W."""
+    inputs, K, outputs = weight.shape
+    return piecewise_basis(x, K, n, segments, step) @ weight.reshape(inputs * K, outputs)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -258,7 +261,4 @@ def _backward_with(grad_input, grad_weight):
 
 piecewise.register_autograd(
     _backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=_setup_context
-)
-piecewise_dense.register_autograd(
-    _backward_with(piecewise_dense_grad_input, piecewise_dense_grad_weight), setup_context=_setup_context
 )
