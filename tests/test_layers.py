@@ -256,6 +256,30 @@ def test_kernel_results_do_not_depend_on_thread_count():
         assert torch.equal(one, two)
 
 
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize(
+    ("kind", "n", "s"), [("continuous", 2, 16), ("discontinuous", 3, 5), ("continuous", 7, 4)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype):
+    # 37 outputs: full vectors plus a shifted tail in both dtypes; n = 7 takes the kernels' run-time-n code;
+    # 53 rows give buckets of every size, some empty, and odd counts for the multi-sample dL/dx loop.
+    layer = make(kind, n, s, inputs=6, outputs=37, path="kernel", dtype=dtype, initialization="uniform")
+    x = (torch.rand(53, 6, dtype=dtype) * 2.2 - 1.1).requires_grad_()
+    weights = torch.randn(53, 37, dtype=dtype)
+    results = []
+    for path in ("kernel", "gather"):
+        layer.path = path
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x)
+        (y * weights).sum().backward()
+        results.append((y.detach(), x.grad, layer.weight.grad))
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-4
+    for ours, expected in zip(*results, strict=True):
+        assert relative_error(ours, expected) <= tolerance
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_matches_cpu(kind):

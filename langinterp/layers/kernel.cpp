@@ -539,8 +539,9 @@ extern "C" {
 
 // `threads` comes from torch.get_num_threads() at the call (fewer for small calls), so these kernels share
 // the torch thread budget.
-// phi, dphi and row_of are caller-provided scratch of rows * I * n elements each (so that torch sees
-// and accounts for that memory).
+// Scratch that grows with the batch is caller-provided (so that torch sees and accounts for that memory):
+// the forward pass's phi and row_of (rows * I * n elements each) and dL/dx's dxT (rows * I). The backward
+// passes read x transposed, xt [I, rows], and keep only one input's buckets per thread.
 #define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \
     void forward_##SUFFIX(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows, int I, int O, \
                           int n, int s, int stride, int K, int threads) {                                   \
