@@ -1,6 +1,7 @@
 """Held-out bits per character of every model family at equal training time, against a reference GPT.
 
-    python benchmarks/quality.py [--budget-s S] [--books IDS] [--recipes NAMES] [--out FILE] [--mirror URL]
+    python benchmarks/quality.py [--budget-s S] [--books IDS] [--recipes NAMES] [--set KEY=VALUE ...]
+                                 [--out FILE] [--mirror URL]
 
 Each recipe (the default recipe of a family, `recipes/<name>.toml`, or any recipe file) is trained on the
 same books with the same held-out split (the last `--holdout` of each book) for the same number of seconds
@@ -11,9 +12,11 @@ architecture wins at convergence".
 What "equal budget" means, and what is changed from each recipe to get it (the JSON records the list):
 - neural families: `TimeBudget` adds up the wall-clock time of each training batch (forward, backward,
   optimizer step; not data loading, validation or checkpointing) and stops training after the batch that
-  reaches the budget. `trainer.max_epochs` is raised so that the budget, not the epoch count, ends the run.
+  reaches the budget. The first batch is an untimed warm-up (one-time kernel builds), so every family
+  trains one batch more than its timed steps. `trainer.max_epochs` is raised so that the budget, not the
+  epoch count, ends the run.
 - a cosine schedule anneals over `trainer.max_steps`, which a time budget cannot know in advance; under the
-  budget it anneals over the budget's seconds instead (`TimeCosine`), so it still reaches `min_lr` at the
+  budget it anneals over the budget's seconds instead (`time_cosine`), so it still reaches `min_lr` at the
   end. Plateau schedules are left as they are (they act once per epoch, on the validation loss).
 - per-epoch validation (which plateau schedules and the best checkpoint read) is capped at the first
   `VALID_CHARS` predicted characters, because a sequence model's validation windows overlap and a full
@@ -90,7 +93,9 @@ class TimeBudget(pl.Callback):
     """Stops training once its batches have taken `seconds` in all; counts steps and predicted characters.
 
     Only the time inside training batches counts, so data loading, validation and checkpoint writing (which
-    differ between families for reasons that have nothing to do with learning) do not eat the budget.
+    differ between families for reasons that have nothing to do with learning) do not eat the budget. The
+    first batch is a warm-up outside the budget: it pays one-time costs (building the layers' CPU kernel
+    when its cache is cold can take half a minute) that would otherwise land on whichever family runs first.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -126,9 +131,11 @@ class TimeBudget(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        self.batches += 1
+        if self.batches == 1:
+            return  # the warm-up batch: it trains, but is neither timed nor counted
         self.seconds += time.perf_counter() - self._started
         self.characters += batch[1].numel()
-        self.batches += 1
         if self.seconds >= self.budget:
             trainer.should_stop = True
 
@@ -214,13 +221,22 @@ def _train_gbm(recipe: Recipe, budget: float, mirror: str | None) -> tuple[RunDi
 
 
 def measure(
-    name: str, budget: float, books: Sequence[int | str], holdout: float, mirror: str | None
+    name: str,
+    budget: float,
+    books: Sequence[int | str],
+    holdout: float,
+    mirror: str | None,
+    settings: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Train one recipe for `budget` seconds and score it on the held-out split; one JSON row."""
+    """Train one recipe for `budget` seconds and score it on the held-out split; one JSON row.
+
+    `settings` are the user's `key=value` overrides (`--set`), applied last: the way to try a variation of
+    a recipe at the same budget without writing a file.
+    """
     base = load_recipe(recipe_path(name))
     is_gbm = base.model["type"] == "gbm"
     extra = GBM_OVERRIDES if is_gbm else NEURAL_OVERRIDES
-    recipe = base.with_overrides([*common_overrides(books, holdout), *extra])
+    recipe = base.with_overrides([*common_overrides(books, holdout), *extra, *settings])
     load_before = os.getloadavg()[0]
     torch.manual_seed(recipe.trainer["seed"])
     run, facts = (_train_gbm if is_gbm else _train_neural)(recipe, budget, mirror)
@@ -228,6 +244,7 @@ def measure(
         "recipe": base.name,
         "family": recipe.model["type"],
         "description": recipe.values["description"],
+        "settings": list(settings),
         **_score(run, recipe, mirror),
         **facts,
         "context": recipe.data["context"],
@@ -291,6 +308,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         default=",".join(DEFAULT_RECIPES),
         help="recipe names (recipes/<name>.toml) or paths, comma-separated",
     )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override applied to every recipe after the benchmark's own (repeatable)",
+    )
     parser.add_argument("--mirror", default=None, help="Gutenberg mirror URL (default: LANGINTERP_MIRROR)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
     args = parser.parse_args(argv)
@@ -298,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         print(f"{name}: training for {args.budget_s:g} s ...", file=sys.stderr, flush=True)
-        row = measure(name, args.budget_s, args.books, args.holdout, args.mirror)
+        row = measure(name, args.budget_s, args.books, args.holdout, args.mirror, args.settings)
         print(
             f"{name}: {row['valid_bpc']:.3f} bits/char held out after {row['train_s']:.1f} s "
             f"(load {row['load_before']:.2f} -> {row['load_after']:.2f})",
@@ -316,6 +341,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             "all": common_overrides(args.books, args.holdout),
             "neural": NEURAL_OVERRIDES,
             "gbm": GBM_OVERRIDES,
+            "user": args.settings,
             "valid_chars_per_epoch": VALID_CHARS,
         },
         "command": " ".join(
