@@ -110,51 +110,12 @@ inline void locate_row(const Basis<T>& b, const T* x, int I, int s, int stride, 
     }
 }
 
-template <typename T>
-void locate(const Basis<T>& b, const T* x, int64_t rows, int I, int s, int stride, int K, T* phi,
-            int32_t* row_of, T* dphi) {
-    const int n = b.n;
-#pragma omp parallel
-    {
-        std::unique_ptr<T[]> t(new T[I]), scale(new T[I]);
-        std::unique_ptr<int32_t[]> first(new int32_t[I]);
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; ++r) {
-            const int64_t e = r * I * n;
-            locate_row(b, x + r * I, I, s, stride, K, t.get(), scale.get(), first.get(), phi + e, row_of + e,
-                       dphi ? dphi + e : nullptr);
-        }
-    }
-}
-
 // Vectors of `Bytes` bytes (64: one AVX-512 register) that may load from any element address.
 template <typename T, int Bytes>
 struct Vec {
     typedef T type __attribute__((vector_size(Bytes), aligned(sizeof(T)), may_alias));
     static constexpr int width = Bytes / sizeof(T);
 };
-
-// Inputs are visited in groups whose weight slice (group x K rows x block columns) stays in the L2 cache,
-// so the scattered row reads of the gather hit the cache instead of memory, and each slice serves a chunk
-// of up to 256 rows before the next is loaded (fewer when that would leave threads idle). The sizes were
-// tuned on a 2 MiB-L2 Xeon with uniformly random inputs (measured, not derived).
-inline int64_t row_chunk(int64_t rows) {
-    const int64_t per_thread = (rows + omp_get_max_threads() - 1) / omp_get_max_threads();
-    return per_thread < 32 ? 32 : (per_thread > 256 ? 256 : per_thread);
-}
-
-inline int group_size(int I, int K, int64_t row_bytes, int64_t slice_bytes) {
-    const int64_t g = slice_bytes / (int64_t(K) * row_bytes);
-    return int(g < 1 ? 1 : (g > I ? I : g));
-}
-
-// Rows are read in an order only the data knows, so the hardware prefetcher cannot follow; each loop asks
-// for the row it will need kAhead steps later, which keeps several rows in flight from the outer caches.
-constexpr int kAhead = 4;
-
-inline void prefetch_lines(const void* p, int bytes) {
-    for (int b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b, 0, 3);
-}
 
 // A block of output columns held in NV registers: it computes [c0, c0 + NV*width) and keeps only the
 // columns from `keep` on. The last block of a row is shifted left to end at O (overlapping the one before)
@@ -181,80 +142,6 @@ int plan_blocks(int O, Block* blocks, int widest = 8) {
         c = O;
     }
     return count;
-}
-
-// The active entries of inputs [i0, i1) of one row: e = k * I + i for every node k (entries are k-major).
-struct Span {
-    int I, n, i0, i1;
-};
-
-// y[keep : c0 + NV*width] (+)= sum over the span's entries e of phi[e] W[row_of[e], c0 : ...].
-template <typename T, int NV>
-inline void gather_block(const T* phi, const int32_t* row_of, Span sp, const T* W, int O, Block b, T* y,
-                         bool first) {
-    typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
-    V acc[NV];
-    const V* init = reinterpret_cast<const V*>(y + b.c0);
-    for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : init[v];
-    for (int k = 0; k < sp.n; ++k)
-        for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e) {
-            if (e + kAhead < k * sp.I + sp.i1) prefetch_lines(W + int64_t(row_of[e + kAhead]) * O + b.c0, NV * 64);
-            const T p = phi[e];
-            const V* w = reinterpret_cast<const V*>(W + int64_t(row_of[e]) * O + b.c0);
-            for (int v = 0; v < NV; ++v) acc[v] += p * w[v];
-        }
-    if (b.keep == b.c0) {
-        V* out = reinterpret_cast<V*>(y + b.c0);
-        for (int v = 0; v < NV; ++v) out[v] = acc[v];
-    } else {
-        T lanes[NV * VL];
-        for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(lanes)[v] = acc[v];
-        for (int c = b.keep; c < b.c0 + NV * VL; ++c) y[c] = lanes[c - b.c0];
-    }
-}
-
-template <typename T>
-inline void gather_any(const T* phi, const int32_t* row_of, Span sp, const T* W, int O, Block b, T* y,
-                       bool first) {
-    switch (b.nv) {
-        case 8: gather_block<T, 8>(phi, row_of, sp, W, O, b, y, first); return;
-        case 4: gather_block<T, 4>(phi, row_of, sp, W, O, b, y, first); return;
-        case 2: gather_block<T, 2>(phi, row_of, sp, W, O, b, y, first); return;
-        case 1: gather_block<T, 1>(phi, row_of, sp, W, O, b, y, first); return;
-        default:
-            for (int c = b.keep; c < O; ++c) {
-                T acc = first ? T(0) : y[c];
-                for (int k = 0; k < sp.n; ++k)
-                    for (int e = k * sp.I + sp.i0; e < k * sp.I + sp.i1; ++e)
-                        acc += phi[e] * W[int64_t(row_of[e]) * O + c];
-                y[c] = acc;
-            }
-    }
-}
-
-template <typename T>
-void forward(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows, int I, int O, int n, int s,
-             int stride, int K) {
-    const Basis<T> basis(n);
-    locate(basis, x, rows, I, s, stride, K, phi, row_of, static_cast<T*>(nullptr));
-    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
-    const int count = plan_blocks<T>(O, blocks.get());
-    const int E = I * n;
-    const int64_t chunk = row_chunk(rows);
-    const int64_t chunks = (rows + chunk - 1) / chunk;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t q = 0; q < chunks; ++q)
-        for (int bi = 0; bi < count; ++bi) {
-            const Block b = blocks[bi];
-            const int G = group_size(I, K, int64_t(b.nv ? b.nv * Vec<T, 64>::width : 1) * sizeof(T), 512 << 10);
-            const int64_t r1 = (q + 1) * chunk < rows ? (q + 1) * chunk : rows;
-            for (int i0 = 0; i0 < I; i0 += G) {
-                const int i1 = i0 + G < I ? i0 + G : I;
-                for (int64_t r = q * chunk; r < r1; ++r)
-                    gather_any(phi + r * E, row_of + r * E, Span{I, n, i0, i1}, W, O, b, y + r * O, i0 == 0);
-            }
-        }
 }
 
 // One input's samples, grouped by segment: per-thread scratch, filled by `fill` for input i from xt, the
@@ -377,6 +264,88 @@ void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, in
     }
 }
 
+// y[rows of the buckets, block] += sum_k phi_k W[i, j * stride + k, block] for every segment j of input i:
+// the bucket's n weight rows stay in registers while its samples' rows of y stream past. Lanes of an
+// overlapping block that belong to the block before are given zero weights, so they receive + 0.
+template <typename T, int N, int NV>
+void forward_block(const Buckets<T>& bk, const T* W_i, int O, Block b, int n_rt, T* y) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    constexpr int NA = N > 0 ? N : kMaxN;
+    const int n = N > 0 ? N : n_rt;
+    for (int j = 0; j < bk.s; ++j) {
+        const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
+        if (p0 == p1) continue;
+        V w[NA][NV];
+        for (int k = 0; k < n; ++k) {
+            const T* row = W_i + int64_t(j * bk.stride + k) * O + b.c0;
+            if (b.keep == b.c0) {
+                for (int v = 0; v < NV; ++v) w[k][v] = reinterpret_cast<const V*>(row)[v];
+            } else {
+                T lanes[NV * VL];
+                for (int c = 0; c < NV * VL; ++c) lanes[c] = b.c0 + c < b.keep ? T(0) : row[c];
+                for (int v = 0; v < NV; ++v) w[k][v] = reinterpret_cast<const V*>(lanes)[v];
+            }
+        }
+        for (int64_t p = p0; p < p1; ++p) {
+            V* out = reinterpret_cast<V*>(y + bk.sample[p] * O + b.c0);
+            V acc[NV];
+            for (int v = 0; v < NV; ++v) acc[v] = out[v];
+            for (int k = 0; k < n; ++k) {
+                const T ph = bk.sorted[p * n + k];
+                for (int v = 0; v < NV; ++v) acc[v] += ph * w[k][v];
+            }
+            for (int v = 0; v < NV; ++v) out[v] = acc[v];
+        }
+    }
+}
+
+template <typename T, int N>
+void forward_any(const Buckets<T>& bk, const T* W_i, int O, Block b, int n, T* y) {
+    switch (b.nv) {
+        case 8: forward_block<T, N, 8>(bk, W_i, O, b, n, y); return;
+        case 4: forward_block<T, N, 4>(bk, W_i, O, b, n, y); return;
+        case 2: forward_block<T, N, 2>(bk, W_i, O, b, n, y); return;
+        case 1: forward_block<T, N, 1>(bk, W_i, O, b, n, y); return;
+        default:
+            for (int j = 0; j < bk.s; ++j)
+                for (int64_t p = bk.start[j]; p < bk.start[j + 1]; ++p)
+                    for (int k = 0; k < n; ++k)
+                        for (int c = b.keep; c < O; ++c)
+                            y[bk.sample[p] * O + c] += bk.sorted[p * n + k] * W_i[int64_t(j * bk.stride + k) * O + c];
+    }
+}
+
+// Each thread takes a contiguous range of rows and goes through the inputs in order, so every y[r] is summed
+// in the same order whatever the number of threads.
+template <typename T>
+void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+    const Basis<T> basis(n);
+    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
+    const int count = plan_blocks<T>(O, blocks.get(), max_vectors(n));
+#pragma omp parallel
+    {
+        const int threads = omp_get_num_threads(), id = omp_get_thread_num();
+        const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
+        if (r1 > r0) {
+            for (int64_t c = r0 * O; c < r1 * O; ++c) y[c] = 0;
+            Buckets<T> bk(r1 - r0, n, s, stride);
+            T* yr = y + r0 * O;
+            for (int i = 0; i < I; ++i) {
+                bk.fill(basis, xt + int64_t(i) * rows + r0, false);
+                const T* W_i = W + int64_t(i) * K * O;
+                for (int bi = 0; bi < count; ++bi) switch (n) {
+                        case 1: forward_any<T, 1>(bk, W_i, O, blocks[bi], n, yr); break;
+                        case 2: forward_any<T, 2>(bk, W_i, O, blocks[bi], n, yr); break;
+                        case 3: forward_any<T, 3>(bk, W_i, O, blocks[bi], n, yr); break;
+                        case 4: forward_any<T, 4>(bk, W_i, O, blocks[bi], n, yr); break;
+                        case 5: forward_any<T, 5>(bk, W_i, O, blocks[bi], n, yr); break;
+                        default: forward_any<T, 0>(bk, W_i, O, blocks[bi], n, yr);
+                    }
+            }
+        }
+    }
+}
 // Horizontal sum of a vector, by halves (a lane-by-lane loop does not vectorise).
 template <typename T>
 inline T hsum(typename Vec<T, 64>::type v) {
@@ -396,8 +365,8 @@ inline T hsum(typename Vec<T, 64>::type v) {
     return sum;
 }
 
-// dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r. The bucket's n weight rows stay in L1 while
-// its dy rows stream past. Columns past the last full vector are covered by one vector ending at O whose
+// dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r. The bucket's n weight
+// rows stay in L1 while its dy rows stream past. Columns past the last full vector are covered by one vector ending at O whose
 // already-counted lanes `tail_mask` zeroes; with fewer columns than one vector, plain scalar code.
 template <typename T, int N>
 void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int O,
@@ -539,14 +508,13 @@ extern "C" {
 
 // `threads` comes from torch.get_num_threads() at the call (fewer for small calls), so these kernels share
 // the torch thread budget.
-// Scratch that grows with the batch is caller-provided (so that torch sees and accounts for that memory):
-// the forward pass's phi and row_of (rows * I * n elements each) and dL/dx's dxT (rows * I). The backward
-// passes read x transposed, xt [I, rows], and keep only one input's buckets per thread.
+// Every pass reads x transposed, xt [I, rows], and keeps one input's buckets per thread. dL/dx's
+// transposed result dxT [I, rows] is caller-provided (so that torch sees and accounts for that memory).
 #define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \
-    void forward_##SUFFIX(const T* x, const T* W, T* y, T* phi, int32_t* row_of, int64_t rows, int I, int O, \
-                          int n, int s, int stride, int K, int threads) {                                   \
+    void forward_##SUFFIX(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s,           \
+                          int stride, int K, int threads) {                                                 \
         omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
-        forward<T>(x, W, y, phi, row_of, rows, I, O, n, s, stride, K);                                      \
+        forward<T>(xt, W, y, rows, I, O, n, s, stride, K);                                                  \
     }                                                                                                       \
     void grad_weight_##SUFFIX(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,     \
                               int stride, int K, int threads) {                                             \

@@ -91,7 +91,7 @@ def _library() -> ctypes.CDLL | None:
         logger.warning("piecewise CPU kernel unavailable, using pure PyTorch: %s", error)
         return None
     for suffix in DTYPES.values():
-        signatures = (("forward", 5), ("grad_weight", 3), ("grad_input", 5), ("dense_basis", 2))
+        signatures = (("forward", 3), ("grad_weight", 3), ("grad_input", 5), ("dense_basis", 2))
         for name, pointers in (*signatures, ("dense_grad_input", 3)):
             function = getattr(library, f"{name}_{suffix}")
             function.restype = None
@@ -125,18 +125,13 @@ def _threads(work: int) -> int:
 
 
 def _call(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, segments: int, step: int):
-    """Run kernel ``name`` on ``tensors`` plus the scratch it needs, which torch allocates so that it sees
-    that memory: for the forward pass, the basis values and table rows of every active weight (rows * in *
-    n each); the backward kernels take x transposed ([in, rows]: they work input by input), and dL/dx a
-    transposed result buffer."""
+    """Run kernel ``name`` on ``tensors`` (x first), handing it x transposed ([in, rows]: every kernel works
+    input by input) and, for dL/dx, a transposed result buffer that torch allocates so that it sees that
+    memory."""
     inputs, K, outputs = weight.shape
-    if name == "forward":
-        tensors = [*tensors, x.new_empty(x.shape[0], inputs, n)]
-        tensors.append(torch.empty(x.shape[0], inputs, n, dtype=torch.int32))
-    else:
-        tensors = [x.t().contiguous(), *tensors[1:]]
-        if name == "grad_input":
-            tensors.append(x.new_empty(inputs, x.shape[0]))
+    tensors = [x.t().contiguous(), *tensors[1:]]
+    if name == "grad_input":
+        tensors.append(x.new_empty(inputs, x.shape[0]))
     function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     threads = _threads(x.shape[0] * inputs * n * outputs)
