@@ -7,8 +7,10 @@ every code sits at the centre of its own segment (t = 0, exactly, in floating po
 exactly HighOrderLinear(length, out, ...) applied to codes_to_unit(codes); ``as_linear`` returns that
 layer, sharing the weight parameter. Two lookups, chosen per call:
 
-- on CPU in float32/float64 with the compiled kernel (kernel.py): gather the n rows of each code, which
-  costs length*n row reads per sample and measured fastest;
+- on CPU in float32/float64 with the compiled kernel (kernel.py): read the n rows of each code, which
+  costs length*n row reads per sample and measured fastest. Building the table first (then one row per
+  code) loses: that pass over all the weights and its backward take as long as a whole Linear(length*n)
+  forward+backward at batch 1024;
 - elsewhere (CUDA, bf16, no compiler): build the table T[i, c, :] (length*128*n*out multiply-adds,
   independent of the batch; with 128 segments a sum of strided views of the weights, nothing gathered)
   and sum the rows T[i, codes[..., i]] with embedding_bag, under a custom backward (_Lookup).
