@@ -7,7 +7,8 @@ forward+backward pass (median of repeated runs after warm-up, taking turns, in t
 layer, of nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of
 high-order-layers-torch, and the peak memory each allocates (tensor allocations seen by the torch profiler
 during one pass; ours includes the weight gradient, as large as the weights, reported as ``weight_mib``).
-Input-layer cases need no gradient for their inputs; hidden-layer cases do.
+Input-layer cases need no gradient for their inputs; hidden-layer cases do. The column ours / Linear(in*n)
+is the median over turns of that turn's ratio.
 
 high-order-layers-torch builds a [batch, in, out, n] copy of its weights per call (seconds per pass at
 batch 1024), so it is run at a smaller batch (``hol_batch``: 128, or 32 with --quick) and its time and
@@ -40,8 +41,8 @@ CASES = [
 ]
 
 
-def median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median time of each step in ms. The steps take turns, so that a burst of load from elsewhere on a
+def turns_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Time of each step in ms, per turn. The steps take turns, so that a burst of load from elsewhere on a
     shared machine falls on all of them alike and their ratios stay meaningful."""
     for step in steps.values():
         for _ in range(warmup):
@@ -51,8 +52,13 @@ def median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -
         for name, step in steps.items():
             start = time.perf_counter()
             step()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median time of each step in ms (see turns_ms)."""
+    return {name: statistics.median(t) for name, t in turns_ms(steps, repeats, warmup).items()}
 
 
 def peak_mib(step: Callable[[], None]) -> float:
@@ -111,8 +117,12 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
         "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False), wide),
     }
     row = {"case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
-    for key, milliseconds in median_ms(steps, repeats, warmup).items():
-        row[f"{key}_ms"] = milliseconds
+    turns = turns_ms(steps, repeats, warmup)
+    for key, milliseconds in turns.items():
+        row[f"{key}_ms"] = statistics.median(milliseconds)
+    # The ratio of each turn's pair, then the median: steadier than a ratio of medians when the load from
+    # elsewhere changes between turns.
+    row["ratio"] = statistics.median(a / b for a, b in zip(turns["ours"], turns["linear_in_n"], strict=True))
     row["ours_peak_mib"] = peak_mib(ours)
     row["weight_mib"] = inputs * weights_per_link(kind, n, segments) * outputs * 4 / 2**20
     hol_batch = 32 if quick else 128
@@ -140,7 +150,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['threads']} "
             f"| {r['ours_ms']:.2f} | {r['linear_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
-            f"| {'-' if hol is None else f'{hol:.0f}'} | {r['ours_ms'] / r['linear_in_n_ms']:.2f} "
+            f"| {'-' if hol is None else f'{hol:.0f}'} | {r['ratio']:.2f} "
             f"| {speedup} | {r['ours_peak_mib']:.1f} | {r['weight_mib']:.1f} "
             f"| {'-' if hol_mib is None else f'{hol_mib:.0f}'} |"
         )
