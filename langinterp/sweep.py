@@ -280,6 +280,10 @@ def start_sweep(
         raise UsageError("--budget must be at least 1")
     if not params:
         raise UsageError("give at least one --param KEY=KIND:... to search over")
+    from langinterp.models import registered_types  # torch: imported only when a sweep starts
+
+    if recipe.model["type"] not in registered_types():
+        raise UsageError(f"sweeps train neural models only: {recipe.model['type']} recipes cannot be swept")
     parsed = [parse_param(text, recipe) for text in params]
     keys = [param.key for param in parsed]
     if repeated := sorted({key for key in keys if keys.count(key) > 1}):

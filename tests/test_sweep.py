@@ -199,3 +199,9 @@ def test_workers_train_trials_in_parallel_processes(tiny_recipe: Path) -> None:
         recipe = find_run(trial.run).recipe()
         assert all(recipe.get(key) == value for key, value in trial.values.items())
         assert trial.score == find_run(trial.run).info().best_valid_bpc
+
+
+def test_a_gbm_recipe_cannot_be_swept(capsys: pytest.CaptureFixture[str]) -> None:
+    gbm_recipe = str(Path(__file__).resolve().parent.parent / "recipes" / "gbm.toml")
+    assert cli(["sweep", gbm_recipe, "--budget", "2", "--param", "model.rounds=int:2:5"]) == 2
+    assert "sweeps train neural models only" in capsys.readouterr().err
