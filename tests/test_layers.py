@@ -237,6 +237,18 @@ def test_character_input_under_torch_compile():
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_a_small_kernel_call_leaves_torch_thread_count_alone():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        layer = make("continuous", 2, 64, inputs=3, outputs=4, path="kernel", dtype=torch.float32)
+        layer(torch.rand(1, 3, requires_grad=True)).sum().backward()  # small: the kernel runs one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 def test_kernel_results_do_not_depend_on_thread_count():
     layer = make("continuous", 3, 64, inputs=40, outputs=70, path="kernel", dtype=torch.float32)
     x = (torch.rand(300, 40) * 2.2 - 1.1).requires_grad_()  # enough work for two threads

@@ -502,6 +502,15 @@ void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I
     }
 }
 
+// Sets the OpenMP team size for one call and restores it afterwards. The setting belongs to the calling
+// thread, which torch shares (torch.get_num_threads() reads it), so leaving it changed would shrink torch's
+// own thread count for the rest of the process after any small call.
+struct ThreadsFor {
+    int previous;
+    explicit ThreadsFor(int threads) : previous(omp_get_max_threads()) { omp_set_num_threads(threads > 0 ? threads : 1); }
+    ~ThreadsFor() { omp_set_num_threads(previous); }
+};
+
 }  // namespace
 
 extern "C" {
@@ -513,29 +522,29 @@ extern "C" {
 #define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \
     void forward_##SUFFIX(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s,           \
                           int stride, int K, int threads) {                                                 \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        ThreadsFor team(threads);                                                                           \
         forward<T>(xt, W, y, rows, I, O, n, s, stride, K);                                                  \
     }                                                                                                       \
     void grad_weight_##SUFFIX(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,     \
                               int stride, int K, int threads) {                                             \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        ThreadsFor team(threads);                                                                           \
         grad_weight<T>(xt, dy, dW, rows, I, O, n, s, stride, K);                                            \
     }                                                                                                       \
     void grad_input_##SUFFIX(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, \
                              int n, int s, int stride, int K, int threads) {                                \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        ThreadsFor team(threads);                                                                           \
         grad_input<T>(xt, W, dy, dx, dxT, rows, I, O, n, s, stride, K);                                     \
     }
 
 #define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \
     void dense_basis_##SUFFIX(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K,     \
                               int threads) {                                                                \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        ThreadsFor team(threads);                                                                           \
         dense_basis<T>(x, basis, rows, I, n, s, stride, K);                                                 \
     }                                                                                                       \
     void dense_grad_input_##SUFFIX(const T* x, const T* projected, T* dx, int64_t rows, int I, int n, int s,  \
                                    int stride, int K, int threads) {                                        \
-        omp_set_num_threads(threads > 0 ? threads : 1);                                                     \
+        ThreadsFor team(threads);                                                                           \
         dense_grad_input<T>(x, projected, dx, rows, I, n, s, stride, K);                                    \
     }
 
