@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from langinterp.errors import UsageError
-from langinterp.sampling import PAD_CODE, SamplingOptions, choose_next, model_device
+from langinterp.sampling import PAD_CODE, SamplingOptions, predicting, choose_next, model_device
 from langinterp.text import decode, encode, fold_to_ascii
 
 
@@ -41,14 +41,13 @@ def run_automaton(
     if not folded:
         raise UsageError("the text is empty")
     device = model_device(model)
-    generator = torch.Generator(device=device)
-    if seed is not None:
-        generator.manual_seed(seed)
+    # Without a seed, draw from the global generator: a fresh `torch.Generator` has a fixed default seed,
+    # which would make every unseeded run the same.
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     codes = encode(folded).to(device=device, dtype=torch.long)
     yield folded
-    model.eval()
-    with torch.inference_mode():
-        for _ in range(steps):
+    for _ in range(steps):
+        with predicting(model):  # per step: a suspended generator must not leave eval/inference mode on
             logits = model(neighbourhoods(codes, context))
             codes = choose_next(logits, options, generator)
-            yield decode(codes)
+        yield decode(codes)

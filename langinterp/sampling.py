@@ -79,7 +79,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @contextlib.contextmanager
-def _predicting(model: torch.nn.Module) -> Iterator[None]:
+def predicting(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode and no autograd for one computation, restored after it.
 
     Scoped per call rather than around the whole generation: a generator suspended at `yield` must not
@@ -103,7 +103,7 @@ class _Reader:
         self.recurrent = model.reads == "sequence" and model.can_step
         self.state: Any = None
         if self.recurrent:
-            with _predicting(model):
+            with predicting(model):
                 self.state = model.init_state(1)
                 for code in prompt:
                     self.logits, self.state = model.step(code.view(1), self.state)
@@ -115,13 +115,13 @@ class _Reader:
             self.logits = self._read_window()
 
     def _read_window(self) -> torch.Tensor:
-        with _predicting(self.model):
+        with predicting(self.model):
             logits = self.model(self.window.unsqueeze(0))
             return logits if self.model.reads == "window" else logits[:, -1]
 
     def feed(self, code: torch.Tensor) -> None:
         if self.recurrent:
-            with _predicting(self.model):
+            with predicting(self.model):
                 self.logits, self.state = self.model.step(code.view(1), self.state)
         else:
             self.window = torch.cat([self.window, code.view(1)])[-self.model.context :]

@@ -131,3 +131,19 @@ def test_cli_refuses_a_sequence_run(
 def test_cli_empty_text_is_one_line(centered_run: None, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["automaton", "--text", ""]) == 2
     assert "the text is empty" in capsys.readouterr().err
+
+
+class UniformModel(torch.nn.Module):
+    """A centered reader with no preference: every character equally likely at every position."""
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(codes.shape[0], 128)
+
+
+def test_unseeded_runs_differ_and_the_model_keeps_its_mode() -> None:
+    model = UniformModel().train()
+    first, second = (list(run_automaton(model, "x" * 64, 2, SamplingOptions(), context=5)) for _ in range(2))
+    assert first[1:] != second[1:]
+    assert model.training
+    seeded = [list(run_automaton(model, "x" * 64, 2, SamplingOptions(), context=5, seed=7)) for _ in range(2)]
+    assert seeded[0] == seeded[1]
