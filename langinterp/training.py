@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,7 +28,7 @@ from langinterp.data import CharDataModule
 from langinterp.errors import LanginterpError, NotFoundError, UsageError
 from langinterp.metrics_log import MetricsCSV
 from langinterp.models import registered_types
-from langinterp.paths import runs_dir
+from langinterp.paths import atomic_write, runs_dir
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir, create_run, find_run, timestamped_name
 from langinterp.shuffle import epoch_shuffled
@@ -272,7 +271,7 @@ def train(
     options = recipe.trainer
     settings = lightning_hardware(options)
     if ckpt_path is not None and is_global_zero():
-        run.recipe_path.write_text(recipe.to_toml(), encoding="utf-8")
+        atomic_write(run.recipe_path, recipe.to_toml())
         run.update_info(status="running")
     with _quiet_lightning():
         pl.seed_everything(options["seed"], workers=True, verbose=False)
@@ -316,9 +315,7 @@ def _finish(run: RunDir, trainer: pl.Trainer, datamodule: CharDataModule) -> Non
     """Best = last when there was no validation; record final metrics and the fold report."""
     best, last = run.checkpoint("best"), run.checkpoint("last")
     if not best.is_file() and last.is_file():
-        temporary = best.with_name(f".{best.name}.tmp")
-        shutil.copyfile(last, temporary)
-        os.replace(temporary, best)
+        atomic_write(best, last.read_bytes())
     recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
     final = {
         key: float(value)
