@@ -11,9 +11,7 @@ documented floor.
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +22,8 @@ import torch
 
 from langinterp.data import build_splits
 from langinterp.errors import UsageError
-from langinterp.models.gbm import held_out_bits, write_class_map
+from langinterp.models.gbm import class_indices, held_out_bits, write_class_map
+from langinterp.paths import atomic_write
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir, create_run
 
@@ -83,13 +82,6 @@ def _subsample(windows: Windows, limit: int, seed: int) -> Windows:
     return Windows(windows.x[chosen], windows.y[chosen])
 
 
-def _labels(targets: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Class index of each target code, -1 for a code that is not a class."""
-    index = np.full(256, -1, dtype=np.int64)
-    index[classes] = np.arange(len(classes))
-    return index[targets]
-
-
 def _round_callback(progress: Progress) -> Callable[[Any], None]:
     def report(env: Any) -> None:
         losses = [result for _, name, result, *_ in env.evaluation_result_list if name == "multi_logloss"]
@@ -100,21 +92,9 @@ def _round_callback(progress: Progress) -> Callable[[Any], None]:
     return report
 
 
-def _save_booster(booster: lgb.Booster, run: RunDir) -> None:
-    """`model.txt` atomically: LightGBM writes a temp file beside it, which then replaces it."""
-    fd, temp = tempfile.mkstemp(prefix=".model.", suffix=".txt.tmp", dir=run.path)
-    os.close(fd)
-    try:
-        booster.save_model(temp)
-        os.replace(temp, run.booster_path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
-def _leaves(booster: lgb.Booster) -> int:
-    """Leaf values in the whole model: the gbm counterpart of a neural model's parameter count."""
-    return sum(int(n) for n in re.findall(r"^num_leaves=(\d+)$", booster.model_to_string(), re.MULTILINE))
+def _leaves(model_text: str) -> int:
+    """Leaf values in the whole model (from its text form): the gbm counterpart of a parameter count."""
+    return sum(int(n) for n in re.findall(r"^num_leaves=(\d+)$", model_text, re.MULTILINE))
 
 
 def check_gbm_recipe(recipe: Recipe) -> None:
@@ -152,12 +132,17 @@ def train_gbm(
     valid = make_windows(splits.valid, context)
     params = booster_params(recipe, len(classes))
     train_set = lgb.Dataset(
-        train.x, label=_labels(train.y, classes), categorical_feature=list(range(context)), params=params
+        train.x,
+        label=class_indices(train.y, classes),
+        categorical_feature=list(range(context)),
+        params=params,
     )
-    known = _labels(valid.y, classes) >= 0
+    known = class_indices(valid.y, classes) >= 0
     valid_sets, callbacks = [], []
     if known.any():
-        valid_sets.append(train_set.create_valid(valid.x[known], label=_labels(valid.y[known], classes)))
+        valid_sets.append(
+            train_set.create_valid(valid.x[known], label=class_indices(valid.y[known], classes))
+        )
         if model["early_stopping"] > 0:
             callbacks.append(
                 lgb.early_stopping(model["early_stopping"], first_metric_only=True, verbose=False)
@@ -175,7 +160,8 @@ def train_gbm(
         raise
     # With early stopping, saving, predicting and counting all stop at the best round (LightGBM's default).
     write_class_map(run, classes.tolist(), context)
-    _save_booster(booster, run)
+    model_text = booster.model_to_string()  # what `save_model` writes, serialised once for both uses
+    atomic_write(run.booster_path, model_text)
     bpc = (
         held_out_bits(booster, classes.tolist(), valid.x, valid.y, model["threads"]) if len(valid.y) else None
     )
@@ -183,7 +169,7 @@ def train_gbm(
         status="finished",
         best_valid_bpc=bpc,
         epochs=booster.best_iteration or booster.current_iteration(),
-        parameters=_leaves(booster),
+        parameters=_leaves(model_text),
         extra={
             "classes": len(classes),
             "train_windows": len(train.y),

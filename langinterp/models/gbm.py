@@ -51,6 +51,13 @@ def write_class_map(run: RunDir, classes: list[int], context: int) -> None:
     atomic_write(class_map_path(run), json.dumps(payload) + "\n")
 
 
+def class_indices(targets: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class index of each target code (any uint8 value), -1 for a code that is not a class."""
+    index = np.full(256, -1, dtype=np.int64)
+    index[classes] = np.arange(len(classes))
+    return index[targets.astype(np.int64)]
+
+
 def predict_probabilities(booster: lgb.Booster, windows: np.ndarray, threads: int = 0) -> np.ndarray:
     """Class probabilities `[N, C]` for windows `[N, context]` of character codes, in chunks.
 
@@ -78,9 +85,7 @@ def held_out_bits(
     if len(targets) == 0:
         raise UsageError("no held-out windows to score (the held-out text is shorter than data.context + 1)")
     probabilities = predict_probabilities(booster, windows, threads)
-    index = np.full(VOCAB_SIZE, -1, dtype=np.int64)
-    index[classes] = np.arange(len(classes))
-    columns = index[targets.astype(np.int64)]
+    columns = class_indices(targets, np.asarray(classes))
     chosen = np.where(columns >= 0, probabilities[np.arange(len(targets)), np.maximum(columns, 0)], 0.0)
     return float(-np.log2(np.maximum(chosen, UNSEEN_FLOOR)).mean())
 
