@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from langinterp.errors import UsageError
-from langinterp.sampling import PAD_CODE, SamplingOptions, predicting, choose_next, model_device
+from langinterp.sampling import PAD_CODE, SamplingOptions, choose_next, model_device, predicting
 from langinterp.text import decode, encode, fold_to_ascii
 
 
