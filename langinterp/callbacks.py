@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
+from langinterp.errors import first_line
 from langinterp.paths import atomic_write
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir
@@ -35,11 +36,6 @@ class EpochSeed(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl.seed_everything(epoch_seed(self.seed, trainer.current_epoch), workers=True, verbose=False)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 class RunRecorder(pl.Callback):
@@ -79,7 +75,7 @@ class RunRecorder(pl.Callback):
             trainer.save_checkpoint(self.run.checkpoint("last"))
             status, detail = "interrupted", {}
         else:
-            status, detail = "failed", {"error": _first_line(exception)}
+            status, detail = "failed", {"error": first_line(exception)}
         if trainer.is_global_zero:
             info = self.run.info()
             self.run.update_info(status=status, steps=trainer.global_step, extra={**info.extra, **detail})

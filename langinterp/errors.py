@@ -24,3 +24,10 @@ class NotFoundError(UsageError):
 
 class NetworkError(LanginterpError):
     """A source could not be reached or kept failing; trying again later may work."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): library and framework
+    errors often run to paragraphs, and the CLI shows one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

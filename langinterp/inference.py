@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from langinterp.errors import NotFoundError, UsageError
+from langinterp.errors import NotFoundError, UsageError, first_line
 from langinterp.models import build_model
 from langinterp.models.base import CharModel
 from langinterp.recipe import Recipe
@@ -59,8 +59,7 @@ def _model_from_checkpoint(path: Path) -> tuple[CharModel, Recipe, str]:
     try:
         model.load_state_dict(loaded.state_dict)
     except RuntimeError as error:
-        first = str(error).strip().splitlines()[0]
-        raise UsageError(f"{path} does not fit the model its recipe describes: {first}") from None
+        raise UsageError(f"{path} does not fit the model its recipe describes: {first_line(error)}") from None
     return model, loaded.recipe, f"epoch {loaded.epoch}, step {loaded.global_step}"
 
 

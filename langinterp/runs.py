@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from langinterp.errors import NotFoundError, UsageError
+from langinterp.errors import NotFoundError, UsageError, first_line
 from langinterp.paths import atomic_write, runs_dir
 from langinterp.recipe import Recipe, load_recipe, recipe_from_values
 
@@ -185,8 +185,7 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(f"{path} is not a readable langinterp checkpoint: {first}") from None
+        raise UsageError(f"{path} is not a readable langinterp checkpoint: {first_line(error)}") from None
     hyper = payload.get("hyper_parameters") if isinstance(payload, dict) else None
     if not isinstance(hyper, dict) or hyper.get("format") != CHECKPOINT_FORMAT:
         raise UsageError(f"{path} is not a langinterp checkpoint (no {CHECKPOINT_FORMAT} recipe inside)")

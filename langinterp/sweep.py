@@ -32,7 +32,7 @@ import filelock
 import tomli_w
 
 from langinterp import schema
-from langinterp.errors import LanginterpError, NetworkError, NotFoundError, UsageError
+from langinterp.errors import LanginterpError, NetworkError, NotFoundError, UsageError, first_line
 from langinterp.paths import atomic_write, file_lock, home
 from langinterp.recipe import Recipe, resolve
 from langinterp.runs import RunDir, find_run, timestamped_name
@@ -370,7 +370,7 @@ def run_trial(
     except (NotFoundError, NetworkError):
         raise
     except Exception as error:
-        return Outcome("failed", error=_first_line(error))
+        return Outcome("failed", error=first_line(error))
     score = run.info().best_valid_bpc
     if score is None or not math.isfinite(score):
         return Outcome("failed", error="no finite held-out bits/char (diverged, or no validation ran)")
@@ -403,11 +403,6 @@ def _sweep_lock(sweep: Sweep) -> Iterator[None]:
             yield
     except filelock.Timeout:
         raise UsageError(f"sweep {sweep.name} is running in another process") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 Progress = Callable[[Sweep, Trial], None]

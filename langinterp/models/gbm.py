@@ -24,7 +24,7 @@ import lightgbm as lgb
 import numpy as np
 import torch
 
-from langinterp.errors import NotFoundError, UsageError
+from langinterp.errors import NotFoundError, UsageError, first_line
 from langinterp.models.base import CharModel
 from langinterp.paths import atomic_write
 from langinterp.runs import RunDir
@@ -136,8 +136,9 @@ def load_gbm_model(run: RunDir) -> GbmModel:
     try:
         booster = lgb.Booster(model_file=str(run.booster_path))
     except lgb.basic.LightGBMError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
-        raise UsageError(f"{run.booster_path} is not a readable LightGBM model: {first}") from None
+        raise UsageError(
+            f"{run.booster_path} is not a readable LightGBM model: {first_line(error)}"
+        ) from None
     found = (booster.num_model_per_iteration(), booster.num_feature())
     if found != (len(classes), context):
         raise UsageError(
