@@ -28,8 +28,7 @@ from langinterp.layers import CharacterInput, HighOrderLinear, normalization
 from langinterp.models.base import CharModel
 from langinterp.models.registry import register
 from langinterp.recipe import Recipe
-
-VOCABULARY = 128
+from langinterp.text import VOCAB_SIZE
 
 
 class PiecewiseConv1d(nn.Module):
@@ -84,7 +83,7 @@ class ConvNet(CharModel):
             for i in range(1, len(kernel))
         )
         self.norms = nn.ModuleList(normalization(options["normalization"], c) for c in channels[1:])
-        self.read_out = nn.Linear(self.lengths[-1] * channels[-1], VOCABULARY)
+        self.read_out = nn.Linear(self.lengths[-1] * channels[-1], VOCAB_SIZE)
 
     def receptive_field(self) -> int:
         """How many characters at the end of the window can change the prediction."""

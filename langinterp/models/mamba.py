@@ -30,8 +30,8 @@ from langinterp.models.base import CharModel
 from langinterp.models.registry import register
 from langinterp.models.scan import selective_scan, selective_step
 from langinterp.recipe import Recipe
+from langinterp.text import VOCAB_SIZE
 
-VOCABULARY = 128
 State = list[tuple[Tensor, Tensor]]
 
 
@@ -110,7 +110,7 @@ class Mamba(CharModel):
     def __init__(self, context: int, options: dict) -> None:
         super().__init__(context)
         d_model, layers = options["d_model"], options["layers"]
-        self.embedding = nn.Embedding(VOCABULARY, d_model)
+        self.embedding = nn.Embedding(VOCAB_SIZE, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.norms = nn.ModuleList(nn.LayerNorm(d_model) for _ in range(layers))
         self.mixers = nn.ModuleList(

@@ -26,8 +26,7 @@ from langinterp.layers import CharacterInput, HighOrderLinear
 from langinterp.models.base import CharModel
 from langinterp.models.registry import register
 from langinterp.recipe import Recipe
-
-VOCABULARY = 128
+from langinterp.text import VOCAB_SIZE
 
 
 def dense(options: dict, in_features: int, out_features: int) -> nn.Module:
@@ -129,7 +128,7 @@ class Transformer(CharModel):
             self.register_buffer("positions", sinusoids(context, d_model), persistent=False)
         self.blocks = nn.ModuleList(Block(options) for _ in range(options["layers"]))
         self.final_norm = nn.LayerNorm(d_model)
-        self.read_out = nn.Linear(d_model, VOCABULARY)
+        self.read_out = nn.Linear(d_model, VOCAB_SIZE)
 
     def forward(self, codes: Tensor) -> Tensor:
         length = codes.shape[1]
