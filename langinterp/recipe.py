@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -138,6 +139,8 @@ def _check_value(dotted: str, option: Option, value: Any, where: str) -> Any:
     if isinstance(value, str) and option.choices is not None and value not in option.choices:
         raise UsageError(f"{dotted} must be one of {', '.join(option.choices)}; got {value!r}{where}")
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if math.isnan(value):  # every comparison with NaN is false, so no bound below would catch it
+            raise UsageError(f"{dotted} must be a number, not nan{where}")
         if option.minimum is not None and value < option.minimum:
             raise UsageError(f"{dotted} must be at least {option.minimum:g}; got {value!r}{where}")
         if option.maximum is not None and value > option.maximum:

@@ -110,6 +110,11 @@ def test_out_of_range_value_is_named(tmp_path: Path) -> None:
         load_recipe(RECIPES / "sparse_mlp.toml", ["trainer.batch_size=0"])
 
 
+def test_nan_is_refused_where_a_bounded_number_is_expected() -> None:
+    with pytest.raises(UsageError, match=r"optimizer.lr must be a number, not nan \(from the command line\)"):
+        load_recipe(RECIPES / "sparse_mlp.toml", ["optimizer.lr=nan"])
+
+
 def test_bad_choice_lists_the_choices() -> None:
     with pytest.raises(UsageError, match="data.kind must be one of sequence, centered"):
         resolve({}, ["data.kind=sideways"])
