@@ -110,12 +110,15 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise UsageError(f"override {text!r} is not of the form key=value")
-    raw = raw.strip()
+    return key, parse_value(raw.strip())
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML literal (`1e-4`, `[84, 43]`, `"x"`), or else the text itself as a bare string."""
     try:
-        value = tomllib.loads(f"value = {raw}")["value"]
+        return tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
+        return raw
 
 
 def _type_name(types: tuple[type, ...]) -> str:

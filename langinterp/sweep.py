@@ -21,7 +21,6 @@ import json
 import math
 import multiprocessing
 import shutil
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ import tomli_w
 from langinterp import schema
 from langinterp.errors import LanginterpError, NetworkError, NotFoundError, UsageError, first_line
 from langinterp.paths import atomic_write, file_lock, home
-from langinterp.recipe import Recipe, resolve
+from langinterp.recipe import Recipe, parse_value, resolve
 from langinterp.runs import RunDir, find_run, timestamped_name
 
 SWEEP_FORMAT = "langinterp-sweep/1"
@@ -109,13 +108,6 @@ def _literal(value: Any) -> str:
     return tomli_w.dumps({"v": value}).partition("=")[2].strip()
 
 
-def _parse_literal(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
 def _suggestions(key: str, choices: Sequence[Any], known: Mapping[str, schema.Option]) -> list[str]:
     """Keys the user may have meant: for a choice spec, every key whose allowed values hold all the choices
     (`model.layer_type=choice:continuous,discontinuous` -> the three layer keys); else the closest names."""
@@ -158,7 +150,7 @@ def parse_param(text: str, recipe: Recipe) -> Param:
         )
     known = schema.flatten(schema.recipe_table(recipe.model["type"]))
     if kind == "choice":
-        choices = tuple(_parse_literal(part.strip()) for part in rest.split(",") if part.strip())
+        choices = tuple(parse_value(part.strip()) for part in rest.split(",") if part.strip())
         if not choices:
             raise UsageError(f"{where}: give at least one value after choice:")
         if len({_literal(value) for value in choices}) != len(choices):
@@ -168,7 +160,7 @@ def parse_param(text: str, recipe: Recipe) -> Param:
         parts = rest.split(":")
         if len(parts) != 2:
             raise UsageError(f"{where}: write the range as {kind}:LOW:HIGH")
-        low, high = (_parse_literal(part.strip()) for part in parts)
+        low, high = (parse_value(part.strip()) for part in parts)
         numbers = (int,) if kind == "int" else (int, float)
         if any(isinstance(v, bool) or not isinstance(v, numbers) for v in (low, high)):
             what = "integers" if kind == "int" else "numbers"
