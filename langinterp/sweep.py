@@ -252,8 +252,11 @@ class Sweep:
             raise UsageError(f"{path} is not readable: {error}") from None
         if not isinstance(raw, dict) or raw.pop("format", None) != SWEEP_FORMAT:
             raise UsageError(f"{path} is not a {SWEEP_FORMAT} file")
-        trials = [Trial(**trial) for trial in raw.pop("trials", [])]
-        return cls(**raw, trials=trials)
+        try:
+            trials = [Trial(**trial) for trial in raw.pop("trials", [])]
+            return cls(**raw, trials=trials)
+        except TypeError as error:  # a key missing, unknown or of the wrong shape (a hand edit)
+            raise UsageError(f"{path} is not a readable {SWEEP_FORMAT} file: {error}") from None
 
 
 def start_sweep(

@@ -179,6 +179,15 @@ def test_other_bad_requests(tiny_recipe: Path, capsys: pytest.CaptureFixture[str
     assert "no sweep 'nothing'" in capsys.readouterr().err
 
 
+def test_a_hand_edited_sweep_file_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = sweeps.sweeps_dir() / "edited"
+    folder.mkdir(parents=True)
+    (folder / sweeps.SWEEP_FILE).write_text(json.dumps({"format": sweeps.SWEEP_FORMAT, "name": "edited"}))
+    assert cli(["sweep", "--resume", "edited"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a readable" in err
+
+
 def test_missing_nevergrad_says_how_to_install_it(
     tiny_recipe: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
