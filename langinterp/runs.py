@@ -187,7 +187,12 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         raise UsageError(f"{path} is not a readable langinterp checkpoint: {first_line(error)}") from None
     hyper = payload.get("hyper_parameters") if isinstance(payload, dict) else None
-    if not isinstance(hyper, dict) or hyper.get("format") != CHECKPOINT_FORMAT:
+    if (
+        not isinstance(hyper, dict)
+        or hyper.get("format") != CHECKPOINT_FORMAT
+        or not isinstance(hyper.get("recipe"), dict)
+        or not isinstance(payload.get("state_dict"), dict)
+    ):
         raise UsageError(f"{path} is not a langinterp checkpoint (no {CHECKPOINT_FORMAT} recipe inside)")
     prefix = "model."
     state = {

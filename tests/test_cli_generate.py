@@ -144,6 +144,7 @@ def centered_run() -> RunDir:
         (None, ["-p", "x"], "no sequence run"),
         ("text", ["-p", "x", "--checkpoint", "notes.txt"], "is not a readable langinterp checkpoint"),
         ("foreign", ["-p", "x", "--checkpoint", "foreign.ckpt"], "is not a langinterp checkpoint"),
+        ("weightless", ["-p", "x", "--checkpoint", "weightless.ckpt"], "is not a langinterp checkpoint"),
         (None, ["-p", "x", "--checkpoint", "absent.ckpt"], "does not exist"),
         ("centered", ["-p", "x", "--run", "middle"], "centered data"),
         (None, ["-p", "x", "--temperature", "0"], "temperature must be above 0"),
@@ -157,6 +158,9 @@ def test_mistakes_end_in_one_clear_line(setup, args, message, capsys, tmp_path, 
         Path("notes.txt").write_text("not a checkpoint\n")
     elif setup == "foreign":
         torch.save({"x": 1}, "foreign.ckpt")
+    elif setup == "weightless":  # our recipe inside, but no weights
+        recipe = resolve({}, name="weightless")
+        torch.save({"hyper_parameters": checkpoint_hyperparameters(recipe)}, "weightless.ckpt")
     elif setup == "centered":
         centered_run()
     code, out, err = cli(capsys, "generate", *args)
