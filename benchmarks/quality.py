@@ -76,6 +76,7 @@ DEFAULT_RECIPES = (
     "mamba_high_order",
     "gbm",
     "gpt",
+    "best",
 )
 VALID_CHARS = 65_536
 EVAL_BATCH = 256
