@@ -230,11 +230,10 @@ def _check_disjoint(data: dict[str, Any]) -> None:
                 )
 
 
-def _require_window(name: str, codes: torch.Tensor, context: int, what: str, advice: str) -> None:
-    if codes.numel() < context + 1:
+def _require_window(name: str, codes: torch.Tensor, span: int, what: str, advice: str) -> None:
+    if codes.numel() < span:
         raise UsageError(
-            f"{what} of {name} has {codes.numel()} characters, "
-            f"fewer than one window of {context + 1}; {advice}"
+            f"{what} of {name} has {codes.numel()} characters, fewer than one window of {span}; {advice}"
         )
 
 
@@ -243,10 +242,10 @@ def build_splits(data: dict[str, Any], *, mirror: str | None = None) -> Splits:
 
     With no `valid_books`, the tail `holdout` fraction of each training book is validation (holdout 0: no
     validation at all). With `valid_books`, those are validation and the training books are used whole.
-    `test_books` are the test split. Every text must hold at least one window of `context + 1` characters.
+    `test_books` are the test split. Every text must hold at least one window (see `window_span`).
     """
     _check_disjoint(data)
-    context = data["context"]
+    span = window_span(data["kind"], data["context"])
     books = load_texts(data["books"], mirror=mirror)
     valid_texts = load_texts(data["valid_books"], mirror=mirror)
     test_texts = load_texts(data["test_books"], mirror=mirror)
@@ -254,23 +253,21 @@ def build_splits(data: dict[str, Any], *, mirror: str | None = None) -> Splits:
     valid: list[torch.Tensor] = []
     for book in books:
         head, tail = split_holdout(book.codes, 0.0 if valid_texts else data["holdout"])
-        _require_window(
-            book.name, head, context, "the training part", "use a smaller context or a bigger book"
-        )
+        _require_window(book.name, head, span, "the training part", "use a smaller context or a bigger book")
         train.append(head)
         if tail.numel():
             _require_window(
-                book.name, tail, context, "the held-out tail", "use a larger data.holdout or a bigger book"
+                book.name, tail, span, "the held-out tail", "use a larger data.holdout or a bigger book"
             )
             valid.append(tail)
     for item in valid_texts:
         _require_window(
-            item.name, item.codes, context, "the validation text", "use a smaller context or a bigger book"
+            item.name, item.codes, span, "the validation text", "use a smaller context or a bigger book"
         )
         valid.append(item.codes)
     for item in test_texts:
         _require_window(
-            item.name, item.codes, context, "the test text", "use a smaller context or a bigger book"
+            item.name, item.codes, span, "the test text", "use a smaller context or a bigger book"
         )
     return Splits(train, valid, [item.codes for item in test_texts], books + valid_texts + test_texts)
 

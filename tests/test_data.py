@@ -268,8 +268,17 @@ def test_split_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="both data.books and data.valid_books"):
         data.build_splits(data_table(books=[book], valid_books=[book]))
     short = write(tmp_path, "short.txt", "tiny")
-    with pytest.raises(UsageError, match=f"validation text of {short} has 4 characters"):
+    with pytest.raises(UsageError, match=f"validation text of {short} has 4 characters.*window of 9"):
         data.build_splits(data_table(books=[book], valid_books=[short], context=8))
+
+
+def test_a_centered_window_needs_only_context_characters(tmp_path: Path) -> None:
+    book = write(tmp_path, "book.txt", corpus(100, 11))
+    five = write(tmp_path, "five.txt", "abcde")
+    splits = data.build_splits(data_table(books=[book], valid_books=[five], kind="centered", context=5))
+    assert [decode(t) for t in splits.valid] == ["abcde"]
+    with pytest.raises(UsageError, match="has 5 characters, fewer than one window of 7"):
+        data.build_splits(data_table(books=[book], valid_books=[five], kind="centered", context=7))
 
 
 # --- DataModule -------------------------------------------------------------------------------------------
