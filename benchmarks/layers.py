@@ -160,7 +160,9 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; under a minute on 2 cores")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/layers.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "layers.json"
+    )
     args = parser.parse_args()
     all_threads = torch.get_num_threads()
     rows = [measure(case, threads, args.quick) for case in CASES for threads in sorted({1, all_threads})]

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from langinterp.models import build_model
 from langinterp.recipe import load_recipe
 
-RESULTS = Path(__file__).parent / "results" / "sequence.json"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "sequence.json"
 
 
 def best_time(work: Callable[[], object], repeats: int) -> float:
@@ -49,7 +50,7 @@ def mamba_scan_rows(lengths: list[int], batch: int, repeats: int) -> list[dict]:
     rows = []
     for length in lengths:
         torch.manual_seed(0)
-        model = build_model(load_recipe("recipes/mamba.toml", [f"data.context={length}"]))
+        model = build_model(load_recipe(ROOT / "recipes" / "mamba.toml", [f"data.context={length}"]))
         codes = torch.randint(0, 128, (batch, length + 1))
         seconds = {}
         for scan in ("chunked", "sequential"):
@@ -71,7 +72,7 @@ def mamba_scan_rows(lengths: list[int], batch: int, repeats: int) -> list[dict]:
 
 def mamba_generation_rows(prompts: list[int], new_chars: int) -> list[dict]:
     torch.manual_seed(0)
-    model = build_model(load_recipe("recipes/mamba.toml")).eval()
+    model = build_model(load_recipe(ROOT / "recipes" / "mamba.toml")).eval()
     rows, per_char = [], {}
     for prompt in prompts:
         with torch.inference_mode():
@@ -98,7 +99,7 @@ def transformer_rows(batch: int, repeats: int) -> list[dict]:
     rows = []
     for layer in ("continuous", "linear"):
         torch.manual_seed(0)
-        recipe = load_recipe("recipes/transformer.toml", [f"model.layer={layer!r}"])
+        recipe = load_recipe(ROOT / "recipes" / "transformer.toml", [f"model.layer={layer!r}"])
         model = build_model(recipe)
         codes = torch.randint(0, 128, (batch, recipe.data["context"] + 1))
         seconds = best_time(training_step(model, codes), repeats)
