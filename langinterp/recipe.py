@@ -92,7 +92,7 @@ class _Origins:
         self.overridden: set[str] = set()
 
     def where(self, dotted: str) -> str:
-        if dotted in self.overridden:
+        if any(key == dotted or key.startswith(dotted + ".") for key in self.overridden):
             return " (from the command line)"
         if self.path is None:
             return ""
@@ -163,6 +163,14 @@ def _unknown(dotted: str, known: Iterable[str], where: str) -> UsageError:
     return UsageError(f"unknown key {dotted!r}{hint}{where}")
 
 
+def _first_leaf(value: Any, dotted: str) -> str:
+    """The full key of the first value under an unknown table, so the suggestion can name a real key."""
+    while isinstance(value, Mapping) and value:
+        key, value = next(iter(value.items()))
+        dotted = f"{dotted}.{key}"
+    return dotted
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -205,7 +213,7 @@ def _fill(
         raise UsageError(f"{prefix[:-1]} must be a table{where}")
     for key in raw:
         if key not in table:
-            dotted = prefix + key
+            dotted = _first_leaf(raw[key], prefix + key)
             raise _unknown(dotted, known, origins.where(dotted))
     resolved: dict[str, Any] = {}
     for key, entry in table.items():

@@ -88,6 +88,15 @@ def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
         load_recipe(RECIPES / "sparse_mlp.toml", ["model.hidden.widht=3"])
 
 
+def test_unknown_table_names_the_full_key_given_on_the_command_line() -> None:
+    with pytest.raises(
+        UsageError,
+        match=r"unknown key 'model.hiden.width' \(did you mean 'model.hidden.width'\?\) "
+        r"\(from the command line\)",
+    ):
+        load_recipe(RECIPES / "sparse_mlp.toml", ["model.hiden.width=3"])
+
+
 def test_unknown_key_in_a_file_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "[data]\ncontext = 8\n\n[trainer]\nbatch_sise = 10\n")
     with pytest.raises(UsageError) as error:
