@@ -47,17 +47,20 @@ def _block(
     return [layer, nn.ReLU()]
 
 
+def _piecewise_options(options: dict[str, Any], initialization: str) -> dict[str, Any]:
+    """A recipe layer table as the keyword arguments of a piecewise layer."""
+    return {
+        "n": options["n"],
+        "segments": options["segments"],
+        "kind": options["layer"],
+        "initialization": initialization,
+    }
+
+
 def _dense(options: dict[str, Any], in_features: int, out_features: int, initialization: str) -> nn.Module:
     if not _piecewise(options):
         return nn.Linear(in_features, out_features)
-    return HighOrderLinear(
-        in_features,
-        out_features,
-        n=options["n"],
-        segments=options["segments"],
-        kind=options["layer"],
-        initialization=initialization,
-    )
+    return HighOrderLinear(in_features, out_features, **_piecewise_options(options, initialization))
 
 
 class MLP(CharModel):
@@ -71,14 +74,7 @@ class MLP(CharModel):
         source, hidden, target = model["input"], model["hidden"], model["output"]
         width = hidden["width"]
         if _piecewise(source):
-            first: nn.Module = CharacterInput(
-                length,
-                width,
-                n=source["n"],
-                segments=source["segments"],
-                kind=source["layer"],
-                initialization=initialization,
-            )
+            first: nn.Module = CharacterInput(length, width, **_piecewise_options(source, initialization))
         else:
             first = nn.Sequential(UnitCodes(), nn.Linear(length, width))
         blocks = _block(first, source, width, model, last=False)
