@@ -13,8 +13,16 @@ import torch
 from torch import nn
 
 from langinterp.errors import UsageError
-from langinterp.sampling import PAD_CODE, SamplingOptions, choose_next, model_device, predicting
-from langinterp.text import decode, encode, fold_to_ascii
+from langinterp.sampling import (
+    PAD_CODE,
+    SamplingOptions,
+    choose_next,
+    model_device,
+    predicting,
+    prompt_codes,
+    seeded_generator,
+)
+from langinterp.text import decode
 
 
 def neighbourhoods(codes: torch.Tensor, context: int) -> torch.Tensor:
@@ -37,15 +45,10 @@ def run_automaton(
     """Yield the starting text (folded to ASCII), then the text after each of `steps` reapplications."""
     if steps < 0:
         raise UsageError(f"--reapply must be at least 0; got {steps}")
-    folded, _ = fold_to_ascii(text)
-    if not folded:
-        raise UsageError("the text is empty")
     device = model_device(model)
-    # Without a seed, draw from the global generator: a fresh `torch.Generator` has a fixed default seed,
-    # which would make every unseeded run the same.
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
-    codes = encode(folded).to(device=device, dtype=torch.long)
-    yield folded
+    codes = prompt_codes(text, what="text").to(device)
+    generator = seeded_generator(seed, device)
+    yield decode(codes)
     for _ in range(steps):
         with predicting(model):  # per step: a suspended generator must not leave eval/inference mode on
             logits = model(neighbourhoods(codes, context))

@@ -128,12 +128,21 @@ class _Reader:
             self.logits = self._read_window()
 
 
-def prompt_codes(prompt: str) -> torch.Tensor:
-    """The prompt folded to ASCII like training text, as int64 codes; an empty prompt is refused."""
+def prompt_codes(prompt: str, what: str = "prompt") -> torch.Tensor:
+    """The prompt folded to ASCII like training text, as int64 codes; an empty one is refused, by `what`."""
     folded, _ = fold_to_ascii(prompt)
     if not folded:
-        raise UsageError("the prompt is empty")
+        raise UsageError(f"the {what} is empty")
     return encode(folded).long()
+
+
+def seeded_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator for `seed`, or None to draw from torch's global one.
+
+    Never an unseeded `torch.Generator`: it starts from a fixed default seed, so every unseeded run would
+    draw the same characters.
+    """
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
 def generate(
@@ -163,11 +172,7 @@ def generate(
     if device is not None:
         model.to(device)
     target = model_device(model)
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=target)
-        generator.manual_seed(seed)
-    return _stream(model, codes.to(target), num_chars, options, generator)
+    return _stream(model, codes.to(target), num_chars, options, seeded_generator(seed, target))
 
 
 def _stream(
