@@ -14,10 +14,7 @@ same C code also builds the dense basis matrix and dL/dx of the matmul path in o
 PyTorch needs a dozen elementwise passes.
 
 How: kernel.cpp includes no torch headers, so the system C++ compiler builds it in about two seconds
-(``-O3 -march=native -fopenmp``) into a cache directory (``$LANGINTERP_KERNEL_CACHE``, else
-``$XDG_CACHE_HOME/langinterp/kernels``), keyed by a hash of the source, compiler, flags and CPU features
-(so a shared home directory never hands one machine another's instructions), written atomically so
-concurrent processes are safe. It links the libgomp torch already loaded, and each call uses
+on first use (native.py: cached, keyed by source, compiler and CPU, written atomically). Each call uses
 ``torch.get_num_threads()`` threads, or fewer when the call is too small to repay waking them. The calls
 are wrapped as ``torch.library`` custom ops with fake (meta) implementations and a registered autograd
 formula, so autograd and ``torch.compile`` see one op.
@@ -27,69 +24,26 @@ pure PyTorch (see piecewise.py). Only float32 and float64 CPU tensors are handle
 """
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .. import native
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 DTYPES = {torch.float32: "f32", torch.float64: "f64"}
-
-
-def _cache_dir() -> Path:
-    explicit = os.environ.get("LANGINTERP_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "langinterp" / "kernels"
-
-
-def _cpu_features() -> str:
-    """The CPU's instruction-set flags (what -march=native compiles for), or the machine name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def _build() -> Path:
-    source = SOURCE.read_bytes()
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler found (set CXX)")
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS, _cpu_features())).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"piecewise-{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        built = Path(scratch) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
-        os.replace(built, target)
-    return target
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    if os.environ.get("LANGINTERP_KERNEL", "1") == "0":
-        return None
     try:
-        library = ctypes.CDLL(str(_build()))
-    except (OSError, RuntimeError, subprocess.CalledProcessError) as error:
+        library = native.load(SOURCE)
+    except native.KernelUnavailable as error:
         logger.warning("piecewise CPU kernel unavailable, using pure PyTorch: %s", error)
         return None
     for suffix in DTYPES.values():

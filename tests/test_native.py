@@ -1,0 +1,45 @@
+"""Building and loading C++ kernels: cached by content, failures reported as KernelUnavailable."""
+
+from pathlib import Path
+
+import pytest
+
+from langinterp import native
+
+
+@pytest.fixture
+def kernel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "kernels"
+    monkeypatch.setenv("LANGINTERP_KERNEL_CACHE", str(cache))
+    return cache
+
+
+def write_source(directory: Path, body: str) -> Path:
+    source = directory / "tiny.cpp"
+    source.write_text(body)
+    return source
+
+
+def test_build_is_cached_by_content(tmp_path: Path, kernel_cache: Path) -> None:
+    source = write_source(tmp_path, 'extern "C" int answer() { return 42; }\n')
+    library = native.load(source)
+    assert library.answer() == 42
+    built = list(kernel_cache.glob("tiny-*.so"))
+    assert len(built) == 1
+    assert native.build(source) == built[0]
+    write_source(tmp_path, 'extern "C" int answer() { return 7; }\n')
+    assert native.build(source) != built[0]
+    assert sorted(p.name for p in kernel_cache.iterdir()) == sorted(p.name for p in kernel_cache.glob("*.so"))
+
+
+def test_compile_error_is_reported(tmp_path: Path, kernel_cache: Path) -> None:
+    source = write_source(tmp_path, "this is not C++\n")
+    with pytest.raises(native.KernelUnavailable, match="tiny.cpp failed to compile"):
+        native.load(source)
+    assert not list(kernel_cache.glob("*.so"))
+
+
+def test_switched_off(tmp_path: Path, kernel_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANGINTERP_KERNEL", "0")
+    with pytest.raises(native.KernelUnavailable, match="LANGINTERP_KERNEL=0"):
+        native.load(write_source(tmp_path, 'extern "C" int answer() { return 1; }\n'))
