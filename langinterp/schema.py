@@ -117,9 +117,10 @@ MAMBA_TABLE: Table = {
     "initialization": choice("linear", "weight initialisation of piecewise projections", INITIALIZATIONS),
     "scan": choice(
         "auto",
-        "selective scan: auto (mamba-ssm's CUDA kernel when installed and on CUDA, else chunked), chunked "
-        "(pure PyTorch, parallel over chunks) or sequential (the slow reference loop)",
-        ("auto", "chunked", "sequential"),
+        "selective scan: auto (mamba-ssm's CUDA kernel when installed and on CUDA, the CPU kernel on a CPU, "
+        "else chunked), chunked (pure PyTorch, parallel over chunks), cpu_kernel (fused C++, CPU only) or "
+        "sequential (the slow reference loop)",
+        ("auto", "chunked", "cpu_kernel", "sequential"),
     ),
 }
 

@@ -1,4 +1,4 @@
-"""Mamba's selective scan, three ways that compute the same thing.
+"""Mamba's selective scan, four ways that compute the same thing.
 
 The recurrence, per batch row b, channel d and state entry n, with h_{-1} = 0:
 
@@ -15,10 +15,16 @@ B, C [batch, L, N]; D [D]; y [batch, L, D]. `delta` is already positive (the mod
   final state into the next, and the running product of the decays adds the carried state back in. About
   3 sqrt(L) Python steps instead of L, the same O(L) work, and only products of decays in (0, 1]: nothing
   can overflow, whatever delta grows to in training (a log-space cumulative sum would need exp(+sum)).
+  On a CPU it is memory-bound: every step reads and writes tensors of [batch, count, D, N], and autograd
+  keeps them all for the backward pass (formulations with fewer, larger operations measured 1.5-5x slower
+  there, from the traffic and the page faults of allocating [batch, L, D, N] at once).
+- `kernel_scan` (scan_kernel.py): a fused C++ kernel for float32/float64 CPU tensors that keeps the states
+  in L1 and recomputes them in its backward pass; several times faster than the others on a CPU.
 - `cuda_scan`: mamba-ssm's fused CUDA kernel, used when the package imports and the tensors are on CUDA.
 
-`selective_scan` picks one. Every path computes in float32 or wider with autocast off: the decays are
-products of many numbers close to 1, which bf16 cannot represent.
+`selective_scan` picks one ("auto": mamba-ssm's kernel on CUDA, the CPU kernel on a CPU when it builds and
+LANGINTERP_KERNEL is not 0, else chunked). Every path computes in float32 or wider with autocast off: the
+decays are products of many numbers close to 1, which bf16 cannot represent.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from langinterp.models import scan_kernel
+
 try:  # The optional `cuda` extra; any failure to load it (no package, no CUDA libraries) means "not here".
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 except (ImportError, OSError):  # pragma: no cover - depends on the machine
     selective_scan_fn = None
 
-SCANS = ("auto", "chunked", "sequential")
+SCANS = ("auto", "chunked", "cpu_kernel", "sequential")
 
 
 def selective_step(
@@ -117,11 +125,17 @@ def cuda_scan_available(device: torch.device) -> bool:
 
 
 def scan_function(method: str, device: torch.device) -> Callable[..., Tensor]:
-    """The scan `method` names ("auto": the CUDA kernel where it can run, else chunked)."""
+    """The scan `method` names ("auto": a fused kernel where one can run, else chunked)."""
     if method == "auto":
-        return cuda_scan if cuda_scan_available(device) else chunked_scan
+        if cuda_scan_available(device):
+            return cuda_scan
+        if device.type == "cpu" and scan_kernel.available():
+            return scan_kernel.kernel_scan
+        return chunked_scan
     if method == "chunked":
         return chunked_scan
+    if method == "cpu_kernel":
+        return scan_kernel.kernel_scan
     if method == "sequential":
         return sequential_scan
     raise ValueError(f"unknown scan {method!r}; expected one of {', '.join(SCANS)}")
