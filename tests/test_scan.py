@@ -117,3 +117,19 @@ def test_a_training_step_of_the_mamba_recipe_uses_the_kernel_and_matches_sequent
         gradients[scan] = [p.grad.clone() for p in model.parameters()]
     for got, want in zip(gradients["auto"], gradients["sequential"], strict=True):
         assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_results_do_not_depend_on_the_thread_count() -> None:
+    """Partial sums are per task and added in a fixed order, so every thread count gives the same bits."""
+    inputs = scan_inputs(4, 300, 70, 20, torch.float32)
+    grad = torch.randn(4, 300, 70, generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            y = scan_kernel.kernel_scan(*inputs)
+            results.append([y, *scan_kernel.kernel_scan_backward(*inputs, grad)])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
