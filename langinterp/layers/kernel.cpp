@@ -124,6 +124,21 @@ struct Block {
     int c0, keep, nv;
 };
 
+// Per vector of a block, all-ones in the lanes it keeps and zero in those that belong to the block before:
+// ANDed with a vector, it zeroes the lanes another block owns, without a scalar loop.
+template <typename T, int NV>
+struct KeepMask {
+    typedef typename Vec<T, 64>::type V;
+    typedef decltype(V{} < V{}) M;
+    M lanes[NV];
+    explicit KeepMask(Block b) {
+        constexpr int VL = Vec<T, 64>::width;
+        for (int v = 0; v < NV; ++v)
+            for (int l = 0; l < VL; ++l) lanes[v][l] = b.c0 + v * VL + l < b.keep ? 0 : -1;
+    }
+    V apply(int v, V x) const { return reinterpret_cast<V>(reinterpret_cast<M>(x) & lanes[v]); }
+};
+
 template <typename T>
 int plan_blocks(int O, Block* blocks, int widest = 8) {
     constexpr int VL = Vec<T, 64>::width;
@@ -162,15 +177,16 @@ struct Buckets {
           sorted(new T[rows_ * n_]), first(new int32_t[rows_]), row_of(new int32_t[rows_ * n_]) {}
 
     void fill(const Basis<T>& b, const T* xt, bool derivative) {
-        // locate_row over the rows of one input (K = 0: first[r] = j * stride); phi [n, rows]
-        locate_row(b, xt, int(rows), s, stride, 0, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
+        // locate_row over the rows of one input with K = 0 and stride 1, so that first[r] is the bucket j
+        // (no division in the counting loops); phi [n, rows]
+        locate_row(b, xt, int(rows), s, 1, 0, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
                    derivative ? dphi.get() : static_cast<T*>(nullptr));
         const T* values = derivative ? dphi.get() : phi.get();
         for (int j = 0; j <= s; ++j) start[j] = 0;
-        for (int64_t r = 0; r < rows; ++r) ++start[first[r] / stride + 1];
+        for (int64_t r = 0; r < rows; ++r) ++start[first[r] + 1];
         for (int j = 0; j < s; ++j) start[j + 1] += start[j];
         for (int64_t r = 0; r < rows; ++r) {  // start[j] serves as bucket j's cursor, then is shifted back
-            const int64_t p = start[first[r] / stride]++;
+            const int64_t p = start[first[r]]++;
             sample[p] = r;
             for (int k = 0; k < n; ++k) sorted[p * n + k] = values[k * rows + r];
         }
@@ -186,9 +202,9 @@ template <typename T, int N, int NV>
 void grad_weight_block(const Buckets<T>& bk, const T* dy, int O, Block b, int n_rt, int s, int stride,
                        T* dW_i) {
     typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
     const int n = N > 0 ? N : n_rt;
+    const KeepMask<T, NV> keep(b);
     for (int j = 0; j < s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
         if (p0 == p1) continue;
@@ -205,15 +221,8 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int O, Block b, int n_
             }
         }
         for (int k = 0; k < n; ++k) {
-            T* out = dW_i + int64_t(j * stride + k) * O;
-            if (b.keep == b.c0) {
-                V* o = reinterpret_cast<V*>(out + b.c0);
-                for (int v = 0; v < NV; ++v) o[v] += acc[k][v];
-            } else {
-                T lanes[NV * VL];
-                for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(lanes)[v] = acc[k][v];
-                for (int c = b.keep; c < b.c0 + NV * VL; ++c) out[c] += lanes[c - b.c0];
-            }
+            V* o = reinterpret_cast<V*>(dW_i + int64_t(j * stride + k) * O + b.c0);
+            for (int v = 0; v < NV; ++v) o[v] += keep.apply(v, acc[k][v]);
         }
     }
 }
@@ -270,22 +279,16 @@ void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, in
 template <typename T, int N, int NV>
 void forward_block(const Buckets<T>& bk, const T* W_i, int O, Block b, int n_rt, T* y) {
     typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
     const int n = N > 0 ? N : n_rt;
+    const KeepMask<T, NV> keep(b);
     for (int j = 0; j < bk.s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
         if (p0 == p1) continue;
         V w[NA][NV];
         for (int k = 0; k < n; ++k) {
-            const T* row = W_i + int64_t(j * bk.stride + k) * O + b.c0;
-            if (b.keep == b.c0) {
-                for (int v = 0; v < NV; ++v) w[k][v] = reinterpret_cast<const V*>(row)[v];
-            } else {
-                T lanes[NV * VL];
-                for (int c = 0; c < NV * VL; ++c) lanes[c] = b.c0 + c < b.keep ? T(0) : row[c];
-                for (int v = 0; v < NV; ++v) w[k][v] = reinterpret_cast<const V*>(lanes)[v];
-            }
+            const V* row = reinterpret_cast<const V*>(W_i + int64_t(j * bk.stride + k) * O + b.c0);
+            for (int v = 0; v < NV; ++v) w[k][v] = keep.apply(v, row[v]);
         }
         for (int64_t p = p0; p < p1; ++p) {
             V* out = reinterpret_cast<V*>(y + bk.sample[p] * O + b.c0);
