@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_origin, get_type_hints
 
 from langinterp.errors import NotFoundError, UsageError, first_line
 from langinterp.paths import atomic_write, runs_dir
@@ -49,6 +50,44 @@ class RunInfo:
     steps: int = 0
     best_valid_bpc: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The types a parsed JSON value may have for a field annotated `hint`: `float | None` takes a float,
+    an int (JSON has one kind of number) or None; `dict[str, Any]` takes a dict."""
+    kinds = tuple(
+        get_origin(arg) or arg for arg in (get_args(hint) if get_origin(hint) is UnionType else [hint])
+    )
+    return (*kinds, int) if float in kinds else kinds
+
+
+_FIELD_TYPES = {name: _json_types(hint) for name, hint in get_type_hints(RunInfo).items()}
+_REQUIRED = [f.name for f in fields(RunInfo) if f.default is MISSING and f.default_factory is MISSING]
+
+
+def _parse_info(raw: object) -> RunInfo:
+    """A `RunInfo` from the parsed run.json, its shape and field types checked here: a hand-edited or
+    half-written file is refused up front, as one reason, instead of failing later while a table of runs is
+    sorted or rendered. Unknown keys are ignored, so a newer version may record more facts."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"a JSON {type(raw).__name__}, not an object")
+    if missing := [name for name in _REQUIRED if name not in raw]:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if wrong := [
+        name for name, kinds in _FIELD_TYPES.items() if name in raw and not isinstance(raw[name], kinds)
+    ]:
+        raise ValueError(f"wrong type for {', '.join(wrong)}")
+    return RunInfo(**{name: raw[name] for name in _FIELD_TYPES if name in raw})
+
+
+class BrokenRunError(NotFoundError):
+    """A run directory whose run.json cannot be read or does not describe a run. `reason` says why without
+    the path, so that a listing can skip the run and name its directory its own way."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is not a langinterp run directory ({reason})")
+        self.path = path
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -85,12 +124,11 @@ class RunDir:
         return self.checkpoints / f"{which}.ckpt"
 
     def info(self) -> RunInfo:
+        """The run's facts, read afresh each call (training rewrites them); `BrokenRunError` if unreadable."""
         try:
-            raw = json.loads((self.path / INFO_FILE).read_text(encoding="utf-8"))
-            known = {f.name for f in fields(RunInfo)}
-            return RunInfo(**{key: value for key, value in raw.items() if key in known})
-        except (OSError, ValueError, TypeError) as error:
-            raise NotFoundError(f"{self.path} is not a langinterp run directory ({error})") from None
+            return _parse_info(json.loads((self.path / INFO_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            raise BrokenRunError(self.path, f"{INFO_FILE}: {first_line(error)}") from None
 
     def write_info(self, info: RunInfo) -> None:
         atomic_write(self.path / INFO_FILE, json.dumps(asdict(info), indent=2) + "\n")
@@ -136,19 +174,41 @@ def create_run(recipe: Recipe, name: str | None = None) -> RunDir:
     return run
 
 
-def list_runs() -> list[RunDir]:
-    """Every run directory, oldest first."""
+@dataclass(frozen=True)
+class RunListing:
+    """The run directories in `runs_dir()`: each readable one with its info, oldest first, and each one
+    skipped because its run.json is broken, so that one bad run neither hides the others nor goes unseen."""
+
+    runs: list[tuple[RunDir, RunInfo]]
+    skipped: list[BrokenRunError]
+
+
+def scan_runs() -> RunListing:
+    """Every run directory, its run.json read once; the library reports broken runs, the caller shows them."""
     root = runs_dir()
-    if not root.is_dir():
-        return []
-    runs = [RunDir(path) for path in root.iterdir() if (path / INFO_FILE).is_file()]
-    return sorted(runs, key=lambda run: (run.info().created, run.name))
+    runs: list[tuple[RunDir, RunInfo]] = []
+    skipped: list[BrokenRunError] = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (path / INFO_FILE).is_file():
+            continue
+        run = RunDir(path)
+        try:
+            runs.append((run, run.info()))
+        except BrokenRunError as error:
+            skipped.append(error)
+    runs.sort(key=lambda pair: (pair[1].created, pair[0].name))
+    return RunListing(runs, skipped)
+
+
+def list_runs() -> list[RunDir]:
+    """Every readable run directory, oldest first (`scan_runs` also says which were skipped, and why)."""
+    return [run for run, _ in scan_runs().runs]
 
 
 def find_run(spec: str | Path | None = None, *, data_kind: str | None = None) -> RunDir:
-    """A run by name or path; without one the newest run (of `data_kind`, when given)."""
+    """A run by name or path; without one the newest readable run (of `data_kind`, when given)."""
     if spec is None:
-        runs = [run for run in list_runs() if data_kind is None or run.info().data_kind == data_kind]
+        runs = [run for run, info in scan_runs().runs if data_kind is None or info.data_kind == data_kind]
         if not runs:
             what = f"no {data_kind} run" if data_kind else "no run"
             raise NotFoundError(f"{what} in {runs_dir()}; train one with `langinterp train RECIPE`")

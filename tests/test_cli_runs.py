@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_cli_generate import CONTEXT, TEXT, Trained, centered_run, cli, train_tiny
 
 from langinterp.cli.runs import EIGHTHS, bar_chart, epoch_history, table_columns
+from langinterp.recipe import resolve
+from langinterp.runs import INFO_FILE, RunDir, create_run, find_run, list_runs, scan_runs
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +113,88 @@ def test_runs_show_prints_facts_recipe_history_and_a_loss_plot(trained: Trained,
     code, _, err = cli(capsys, "runs", "show", "nobody")
     assert code == 2
     assert "run 'nobody' not found" in err
+
+
+def untrained_run(name: str) -> RunDir:
+    """A run directory with its recipe and run.json and nothing else: enough to be listed, and instant."""
+    return create_run(resolve({}, [], name=name), name)
+
+
+def _edited(change: Callable[[dict[str, Any]], object]) -> Callable[[bytes], bytes]:
+    """A run.json rewrite that parses the file, changes its contents and writes them back as JSON."""
+    return lambda text: json.dumps(change(json.loads(text))).encode()
+
+
+@pytest.mark.parametrize(
+    ("breaking", "reason"),
+    [
+        (lambda text: text[:10], "run.json: Expecting"),  # cut off mid-write
+        (lambda text: b"\xff" + text, "run.json: 'utf-8' codec can't decode byte 0xff"),
+        (_edited(lambda info: [info]), "run.json: a JSON list, not an object"),
+        (
+            _edited(lambda info: {"name": info["name"]}),
+            "run.json: missing recipe_name, model_type, data_kind",
+        ),
+        (
+            _edited(lambda info: {**info, "created": 5, "parameters": "many"}),
+            "wrong type for created, parameters",
+        ),
+    ],
+    ids=["truncated", "not-utf8", "not-an-object", "missing-fields", "wrong-types"],
+)
+def test_a_broken_run_is_skipped_with_a_note_and_refused_by_show(
+    breaking: Callable[[bytes], bytes], reason: str, capsys
+) -> None:
+    good = untrained_run("good")
+    bad = untrained_run("bad")
+    info_file = bad.path / INFO_FILE
+    info_file.write_bytes(breaking(info_file.read_bytes()))
+
+    code, out, err = cli(capsys, "runs")
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines() if "running" in line] == ["good"]
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"skipped {bad.path}: ")
+    assert reason in err
+    listing = scan_runs()
+    assert [run.name for run, _ in listing.runs] == ["good"] == [run.name for run in list_runs()]
+    assert [broken.path for broken in listing.skipped] == [bad.path]
+    assert reason in listing.skipped[0].reason
+    assert find_run() == good  # the newest readable run, though the broken one was made later
+
+    code, out, err = cli(capsys, "runs", "show", "bad")
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1
+    assert f"{bad.path} is not a langinterp run directory" in err
+    assert reason in err
+
+
+def test_only_broken_runs_still_list_as_none_with_the_notes(capsys) -> None:
+    bad = untrained_run("bad")
+    (bad.path / INFO_FILE).write_text("", encoding="utf-8")
+    code, out, err = cli(capsys, "runs")
+    assert code == 0
+    assert "no runs in" in out
+    assert err.startswith(f"skipped {bad.path}: run.json: Expecting value")
+
+
+def test_listing_runs_reads_each_run_json_once(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = [untrained_run(name) for name in ("one", "two")]
+    reads: Counter[Path] = Counter()
+    read_text = Path.read_text
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> str:
+        if path.name == INFO_FILE:
+            reads[path.parent] += 1
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    code, out, _ = cli(capsys, "runs")
+    assert code == 0 and "one" in out and "two" in out
+    assert reads == {run.path: 1 for run in made}
+    reads.clear()
+    assert find_run(data_kind="sequence") == made[-1]
+    assert reads == {run.path: 1 for run in made}
 
 
 def test_epoch_history_keeps_the_last_epoch_values_and_drops_step_values(tmp_path: Path) -> None:

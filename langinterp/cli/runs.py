@@ -14,9 +14,9 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from langinterp.cli.app import app, console
+from langinterp.cli.app import app, console, err_console
 from langinterp.paths import runs_dir
-from langinterp.runs import RunDir, find_run, list_runs
+from langinterp.runs import RunDir, RunInfo, find_run, scan_runs
 
 runs_app = typer.Typer(help="List training runs, or show one run's details and metric history.")
 app.add_typer(runs_app, name="runs")
@@ -48,12 +48,23 @@ def runs(ctx: typer.Context) -> None:
     """A table of every run, newest last: recipe, model, size, epochs, best held-out bits per character."""
     if ctx.invoked_subcommand is not None:
         return
-    found = list_runs()
-    if not found:
+    listing = scan_runs()
+    if listing.runs:
+        console.print(_runs_table([info for _, info in listing.runs]))
+    else:
         console.print(f"no runs in {escape(str(runs_dir()))}; train one with `langinterp train RECIPE`")
-        return
-    # Seven columns, so that a table of runs fits an 80-column terminal: the data kind shows only when it
-    # is not the usual next-character one, the status only while a run is not finished.
+    # A broken run is a note on stderr, not a failure: the other runs are still worth seeing.
+    for broken in listing.skipped:
+        err_console.print(
+            f"[yellow]skipped {escape(str(broken.path))}:[/] {escape(broken.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _runs_table(infos: list[RunInfo]) -> Table:
+    """Seven columns, so that a table of runs fits an 80-column terminal: the data kind shows only when it
+    is not the usual next-character one, the status only while a run is not finished."""
     table = Table(caption=f"runs: {escape(str(runs_dir()))}", box=box.SIMPLE_HEAD, pad_edge=False)
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("name", "left"),
@@ -66,8 +77,7 @@ def runs(ctx: typer.Context) -> None:
     )
     for column, justify in columns:
         table.add_column(column, justify=justify, overflow="fold")
-    for run in found:
-        info = run.info()
+    for info in infos:
         table.add_row(
             escape(info.name),
             escape(info.recipe_name),
@@ -77,7 +87,7 @@ def runs(ctx: typer.Context) -> None:
             _bpc(info.best_valid_bpc),
             _when(info.created),
         )
-    console.print(table)
+    return table
 
 
 def epoch_history(path: Path) -> list[dict[str, float]]:
