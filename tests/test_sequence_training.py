@@ -1,0 +1,293 @@
+"""Sequence families (transformer, Mamba, GPT) through training: Ctrl-C and resume, DDP, sampling options.
+
+The MLP's guarantees (tests/test_training.py, tests/test_ddp.py, tests/test_cli_generate.py) hold for the
+families that read `causal` windows and predict at every position. Tiny widths, a few steps, CPU only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import StopAt
+
+import langinterp
+from langinterp.callbacks import weights_digest
+from langinterp.cli import run as cli
+from langinterp.data import WindowDataset, build_splits
+from langinterp.inference import load_for_inference
+from langinterp.models import build_model
+from langinterp.recipe import Recipe, load_recipe
+from langinterp.runs import find_run, list_runs, load_checkpoint
+from langinterp.sampling import SamplingOptions, generate
+from langinterp.trainable import PLATEAU_KEY
+from langinterp.training import AUDIT_ENV, RANK_VARIABLES, RUN_ENV, TrainingInterrupted, train
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+TINY = {
+    "transformer": [
+        "model.d_model=8",
+        "model.heads=2",
+        "model.layers=1",
+        "model.feedforward=16",
+        "data.context=8",
+    ],
+    "mamba": ["model.d_model=8", "model.layers=2", "model.d_state=4", "data.context=12"],
+    "gpt": ["model.d_model=8", "model.heads=2", "model.layers=1", "data.context=8"],
+}
+TEXT = "the dunwich horror came over the hills and the whippoorwills sang. "
+
+
+@pytest.fixture
+def book(tmp_path: Path) -> Path:
+    path = tmp_path / "book.txt"
+    path.write_text(TEXT * 20, encoding="utf-8")  # 1360 characters: 19 batches of 64 windows (holdout 0.1)
+    return path
+
+
+def tiny(family: str, text: Path, *overrides: str) -> Recipe:
+    plain = [
+        f"data.books=['{text}']",
+        "trainer.max_epochs=2",
+        "trainer.batch_size=64",
+        "trainer.samples=0",
+        "trainer.accelerator='cpu'",
+    ]
+    return load_recipe(RECIPES / f"{family}.toml", [*TINY[family], *plain, *overrides])
+
+
+def batches_per_epoch(recipe: Recipe) -> int:
+    windows = WindowDataset(build_splits(recipe.data).train, recipe.data["context"], "causal")
+    return math.ceil(len(windows) / recipe.trainer["batch_size"])
+
+
+def _checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_training_state(left: Path, right: Path) -> None:
+    """As in tests/test_training.py: step, weights, optimizer state and plateau scheduler state all equal."""
+    a, b = _checkpoint(left), _checkpoint(right)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys() and state_a
+    for index in state_a:
+        for name, value in state_a[index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][name])), (index, name)
+    assert a.get(PLATEAU_KEY) == b.get(PLATEAU_KEY)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+class FirstStep(pl.Callback):
+    """Records the global step at which this process trained its first batch."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if self.step is None:
+            self.step = trainer.global_step
+
+
+# --- Ctrl-C and resume ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["transformer", "mamba", "gpt"])
+def test_ctrl_c_mid_epoch_then_resume_finishes_and_its_checkpoints_generate(family: str, book: Path) -> None:
+    recipe = tiny(family, book)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="--resume stopped"):
+        train(recipe, run_name="stopped", extra_callbacks=[StopAt(3)], quiet=True)
+    assert signal.getsignal(signal.SIGINT) == handler
+    stopped = find_run("stopped")
+    assert stopped.info().status == "interrupted"
+    assert stopped.info().steps == 3
+    cut = load_checkpoint(stopped.checkpoint("last"))
+    assert cut.global_step == 3
+    assert cut.recipe.values == recipe.values
+
+    first = FirstStep()
+    resumed = train(None, resume="stopped", extra_callbacks=[first], quiet=True)
+    assert resumed.path == stopped.path and [run.name for run in list_runs()] == ["stopped"]
+    assert first.step == 3  # the step count continues from the interrupted one, it does not restart at 0
+    info = resumed.info()
+    assert (info.status, info.epochs) == ("finished", 2)
+    assert info.steps == 2 * batches_per_epoch(recipe)  # as many as an uninterrupted run, not 3 more
+    assert info.best_valid_bpc is not None and 0 < info.best_valid_bpc < 7
+
+    for which in ("best", "last"):
+        payload = _checkpoint(resumed.checkpoint(which))  # weights_only=True: plain data only
+        assert payload["hyper_parameters"]["recipe"] == recipe.values
+        loaded = load_checkpoint(resumed.checkpoint(which))
+        model = build_model(loaded.recipe)
+        model.load_state_dict(loaded.state_dict)
+        assert model.reads == "sequence"
+    assert load_checkpoint(resumed.checkpoint("last")).global_step == info.steps
+
+    ready = load_for_inference("stopped", "last")
+    text = "".join(generate(ready.model, "the hills", 30, SamplingOptions(), seed=0))
+    assert len(text) == 30 and all(0 <= ord(c) < 128 for c in text)
+
+
+@pytest.mark.parametrize("family", ["transformer", "mamba", "gpt"])
+def test_runs_repeat_and_resume_at_an_epoch_boundary_continues_exactly(family: str, book: Path) -> None:
+    recipe = tiny(family, book)
+    whole = train(recipe, run_name="whole", quiet=True)
+    again = train(recipe, run_name="again", quiet=True)
+    _assert_same_training_state(whole.checkpoint("last"), again.checkpoint("last"))
+
+    # Ctrl-C as the second epoch is about to start, then resume with the recipe unchanged.
+    boundary = batches_per_epoch(recipe)
+    with pytest.raises(TrainingInterrupted):
+        train(recipe, run_name="cut", extra_callbacks=[StopAt(boundary)], quiet=True)
+    assert _checkpoint(find_run("cut").checkpoint("last"))["global_step"] == boundary
+    cut = train(None, resume="cut", quiet=True)
+    _assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+
+    if recipe.scheduler["name"] == "cosine":
+        return  # its schedule spans max_epochs: a 1-epoch run is annealed differently from a 2-epoch one
+    # As for the MLP: one epoch, then `--resume` through the CLI raising max_epochs to two.
+    first = train(tiny(family, book, "trainer.max_epochs=1"), run_name="halves", quiet=True)
+    assert _checkpoint(first.checkpoint("last"))["epoch"] == 0
+    assert cli(["train", "--resume", "trainer.max_epochs=2", "--quiet"]) == 0
+    assert (first.info().status, first.info().epochs) == ("finished", 2)
+    _assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
+
+
+# --- DDP ------------------------------------------------------------------------------------------------
+
+
+def test_two_cpu_processes_share_one_mamba_run(tmp_path: Path, langinterp_home: Path) -> None:
+    text = tmp_path / "text.txt"
+    generator = torch.Generator().manual_seed(1)
+    text.write_text(
+        " ".join(
+            ["ab", "cd", "efg", "hij", "kl"][i]
+            for i in torch.randint(5, (400,), generator=generator).tolist()
+        )
+    )
+    recipe = tmp_path / "ddp.toml"
+    recipe.write_text(
+        f'[data]\nbooks = ["{text}"]\nkind = "sequence"\ncontext = 8\n'
+        '[model]\ntype = "mamba"\nd_model = 8\nlayers = 1\nd_state = 4\n'
+        "[trainer]\nmax_epochs = 1\nbatch_size = 32\nsamples = 1\nsample_chars = 10\n"
+    )
+    audit = tmp_path / "audit"
+    env = {
+        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
+    }
+    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
+    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source})
+    command = [
+        sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet",
+        'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    # Each rank gets half of the training windows (the sampler pads to equal halves), not all of them.
+    windows = len(WindowDataset(build_splits(load_recipe(recipe).data).train, 8, "causal"))
+    per_rank = math.ceil(math.ceil(windows / 2) / 32)
+    assert per_rank < math.ceil(windows / 32)
+
+    ranks = [json.loads((audit / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert ranks[0]["batches"] == ranks[1]["batches"] == per_rank
+    assert ranks[0]["batches_sha256"] != ranks[1]["batches_sha256"]  # each rank trained on its own shard
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # gradients were averaged
+
+    runs = list_runs()
+    assert len(runs) == 1  # the child did not create a run of its own
+    run = runs[0]
+    info = run.info()
+    assert (info.status, info.epochs, info.model_type) == ("finished", 1, "mamba")
+    assert info.steps == per_rank
+    assert info.extra["final"]["chars_per_s"] > 0
+    saved = load_checkpoint(run.checkpoint("last"))
+    assert weights_digest(saved.state_dict) == ranks[0]["weights_sha256"]
+    assert "--- epoch 1, sample 1" in run.samples_path.read_text()
+    assert done.stdout.count(f"run {run.name}:") == 1  # only rank 0 reports
+
+
+# --- sampling options with a trained Mamba --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mamba_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Mamba trained for two epochs on TEXT: its run directory."""
+    home = tmp_path_factory.mktemp("mamba-home")
+    path = home / "book.txt"
+    path.write_text(TEXT * 20, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LANGINTERP_HOME", str(home))
+        recipe = tiny("mamba", path, "optimizer.lr=1e-2")
+        return train(recipe, run_name="mamba", quiet=True).path
+
+
+def _generate(capsys: pytest.CaptureFixture[str], run: Path, *args: str) -> str:
+    capsys.readouterr()
+    assert cli(["generate", "--run", str(run), "-p", "the hills", "-n", "60", *args]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--temperature", "1.5"],
+        ["--top-k", "5"],
+        ["--top-p", "0.9"],
+        ["-t", "2.0", "--top-k", "20", "--top-p", "0.95"],
+    ],
+    ids=["temperature", "top-k", "top-p", "all"],
+)
+def test_a_seed_repeats_mamba_samples_for_every_sampling_option(
+    options: list[str], mamba_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _generate(capsys, mamba_run, *options, "--seed", "5")
+    again = _generate(capsys, mamba_run, *options, "--seed", "5")
+    other = _generate(capsys, mamba_run, *options, "--seed", "6")
+    assert first == again
+    assert first != other
+    assert first.startswith("the hills") and len(first) == len("the hills") + 60 + 1
+    # Two samples in one call: the second is seed 6's own sample, so no recurrent state leaks between them.
+    both = _generate(capsys, mamba_run, *options, "--seed", "5", "--num-samples", "2")
+    assert both.startswith(first) and both.endswith(other)
+
+
+def test_mamba_generates_through_its_recurrent_state_as_the_full_forward_would(
+    mamba_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompt and continuation fit the context, so recomputing over the whole text is the reference."""
+    model = load_for_inference(str(mamba_run), "last").model.double()
+    assert model.can_step
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    sampled = SamplingOptions(temperature=1.5)
+    greedy = SamplingOptions(greedy=True)
+    stepped = [
+        "".join(generate(model, prompt, 5, options, seed=3))
+        for prompt in ("the h", "whipp")
+        for options in (greedy, sampled)
+    ]
+    assert calls == []  # the prompt went in through `step`, not through the parallel form
+    assert stepped[0] != stepped[2]  # the greedy continuation depends on the prompt read into the state
+
+    monkeypatch.setattr(type(model), "can_step", property(lambda self: False))
+    recomputed = [
+        "".join(generate(model, prompt, 5, options, seed=3))
+        for prompt in ("the h", "whipp")
+        for options in (greedy, sampled)
+    ]
+    assert calls  # this time the parallel form was used
+    assert stepped == recomputed
