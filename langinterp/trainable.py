@@ -86,6 +86,7 @@ class CharLM(pl.LightningModule):
         optimizer = build_optimizer(self.model.parameters(), self.recipe.optimizer)
         self._monitor = "valid_loss" if self.has_validation() else "train_loss_epoch"
         total = int(min(self.trainer.estimated_stepping_batches, 2**62))
+        self._total_steps = total
         scheduler = build_scheduler(
             optimizer, self.recipe.scheduler, total_steps=total, monitor=self._monitor
         )
@@ -101,6 +102,14 @@ class CharLM(pl.LightningModule):
         if scheduler is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_train_start(self) -> None:
+        # A resumed run restores the cosine schedule's length from its checkpoint; when the resume raised
+        # max_epochs or max_steps, stretch it to the new end, from the learning rate reached so far (a run
+        # that had finished its schedule stays at the minimum) rather than let it climb back up.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                config.scheduler.T_max = max(1, self._total_steps)
 
     def on_train_epoch_end(self) -> None:
         value = self.trainer.callback_metrics.get(self._monitor)

@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from langinterp.callbacks import BatchAudit, EpochSeed, ProgressBar, RunRecorder, Samples
+from langinterp.callbacks import BatchAudit, BatchSeed, ProgressBar, RunRecorder, Samples
 from langinterp.checkpoint_io import AtomicCheckpointIO
 from langinterp.data import CharDataModule
 from langinterp.errors import LanginterpError, NotFoundError, UsageError
@@ -44,7 +44,7 @@ QUIET_WARNINGS = (
     r".*does not have many workers.*",
     r".*could not find the monitored key.*",
     r".*number of training batches .* is smaller than the logging interval.*",
-    r".*You're resuming from a checkpoint that ended before the epoch ended.*",
+    r".*You're resuming from a checkpoint that ended before the epoch ended.*",  # our sampler resumes
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*Total length of `list` across ranks is zero.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
@@ -55,11 +55,15 @@ class TrainingData(CharDataModule):
     """The recipe's data with the training order fixed by (seed, epoch), which makes resume exact."""
 
     def train_dataloader(self) -> DataLoader:
-        return epoch_shuffled(super().train_dataloader(), self.seed, self._next_epoch)
+        return epoch_shuffled(super().train_dataloader(), self.seed, self._next_epoch, self._batches_done)
 
     def _next_epoch(self) -> int:
         """The epoch about to be served: epochs already processed (restored from a checkpoint on resume)."""
         return self.trainer.fit_loop.epoch_progress.current.processed
+
+    def _batches_done(self) -> int:
+        """Batches of that epoch already trained: restored from a checkpoint written mid-epoch, else 0."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
 
 class TrainingInterrupted(LanginterpError):
@@ -235,7 +239,7 @@ def _callbacks(run: RunDir, recipe: Recipe, quiet: bool, extra: Sequence[Callbac
         enable_version_counter=False,
     )
     callbacks: list[Callback] = [
-        EpochSeed(recipe.trainer["seed"]),
+        BatchSeed(recipe.trainer["seed"]),
         checkpoint,
         RunRecorder(run, checkpoint),
     ]

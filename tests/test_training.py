@@ -130,6 +130,29 @@ def test_runs_are_repeatable_and_resume_continues_exactly(small_text: Path) -> N
     _assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
 
 
+def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Path) -> None:
+    whole = train(tiny_recipe(small_text), run_name="whole", quiet=True)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_recipe(small_text), run_name="cut", extra_callbacks=[StopAt(2)], quiet=True)
+    cut = train(None, resume="cut", quiet=True)
+    assert cut.info().steps == whole.info().steps
+    _assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+
+
+def test_resuming_with_more_epochs_stretches_a_cosine_schedule(small_text: Path) -> None:
+    cosine = ["scheduler.name='cosine'", "scheduler.min_lr=1e-5"]
+    run = train(tiny_recipe(small_text, *cosine, "trainer.max_epochs=1"), run_name="cosine", quiet=True)
+    steps = run.info().steps
+    assert _checkpoint(run.checkpoint("last"))["lr_schedulers"][0]["T_max"] == steps
+    assert cli(["train", "--resume", "cosine", "trainer.max_epochs=3", "--quiet"]) == 0
+    schedule = _checkpoint(run.checkpoint("last"))["lr_schedulers"][0]
+    assert run.info().steps == 3 * steps
+    # Sized for the three epochs; having reached its minimum it stays there instead of climbing back up
+    # (with the one-epoch length kept, the rate would be back at its start after two more epochs).
+    assert schedule["T_max"] == 3 * steps
+    assert schedule["_last_lr"][0] == pytest.approx(1e-5)
+
+
 def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_checkpoint(small_text: Path) -> None:
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="--resume stopped"):
