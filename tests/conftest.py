@@ -5,6 +5,9 @@ closed local port, so no test can touch the user's cache or the network by accid
 """
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,9 +17,13 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import torch
 
+import langinterp
 from langinterp import gutenberg
 from langinterp.cli import run
+from langinterp.trainable import PLATEAU_KEY
+from langinterp.training import AUDIT_ENV, RANK_VARIABLES, RUN_ENV
 
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # the discard port: nothing listens there, connections are refused
 
@@ -290,3 +297,41 @@ class StopAt(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             raise KeyboardInterrupt
+
+
+def checkpoint_payload(path: Path) -> dict:
+    """A checkpoint as saved, read as training code reads it: plain data only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training_state(left: Path, right: Path) -> None:
+    """Two checkpoints hold the same training: step, weights, optimizer state and every scheduler's state."""
+    a, b = checkpoint_payload(left), checkpoint_payload(right)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys() and state_a
+    for index in state_a:
+        for name, value in state_a[index].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][name])), (index, name)
+    assert a.get(PLATEAU_KEY) == b.get(PLATEAU_KEY)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def train_with_two_processes(recipe: Path, audit: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`langinterp train RECIPE` with DDP on 2 CPU processes (gloo), as a user would start it: Lightning
+    re-launches the command as a child process. Each rank records what it trained in `audit`."""
+    env = {
+        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
+    }
+    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
+    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source})
+    command = [
+        sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet",
+        'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from conftest import train_with_two_processes
 
-import langinterp
 from langinterp.callbacks import weights_digest
 from langinterp.runs import list_runs, load_checkpoint
-from langinterp.training import AUDIT_ENV, RANK_VARIABLES, RUN_ENV
 
 
 def test_two_cpu_processes_share_one_run(tmp_path: Path, langinterp_home: Path) -> None:
@@ -31,17 +27,7 @@ def test_two_cpu_processes_share_one_run(tmp_path: Path, langinterp_home: Path) 
         "[trainer]\nmax_epochs = 1\nbatch_size = 64\nsamples = 1\nsample_chars = 10\n"
     )
     audit = tmp_path / "audit"
-    env = {
-        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
-    }
-    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
-    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source})
-    command = [
-        sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet",
-        'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = train_with_two_processes(recipe, audit, tmp_path)
 
     ranks = [json.loads((audit / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]

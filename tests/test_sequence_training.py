@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import StopAt
+from conftest import StopAt, assert_same_training_state, checkpoint_payload, train_with_two_processes
 
-import langinterp
 from langinterp.callbacks import weights_digest
 from langinterp.cli import run as cli
 from langinterp.data import WindowDataset, build_splits
@@ -28,8 +24,7 @@ from langinterp.models import build_model
 from langinterp.recipe import Recipe, load_recipe
 from langinterp.runs import find_run, list_runs, load_checkpoint
 from langinterp.sampling import SamplingOptions, generate
-from langinterp.trainable import PLATEAU_KEY
-from langinterp.training import AUDIT_ENV, RANK_VARIABLES, RUN_ENV, TrainingInterrupted, train
+from langinterp.training import TrainingInterrupted, train
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 TINY = {
@@ -67,26 +62,6 @@ def tiny(family: str, text: Path, *overrides: str) -> Recipe:
 def batches_per_epoch(recipe: Recipe) -> int:
     windows = WindowDataset(build_splits(recipe.data).train, recipe.data["context"], "causal")
     return math.ceil(len(windows) / recipe.trainer["batch_size"])
-
-
-def _checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_same_training_state(left: Path, right: Path) -> None:
-    """As in tests/test_training.py: step, weights, optimizer state and plateau scheduler state all equal."""
-    a, b = _checkpoint(left), _checkpoint(right)
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
-    assert state_a.keys() == state_b.keys() and state_a
-    for index in state_a:
-        for name, value in state_a[index].items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][name])), (index, name)
-    assert a.get(PLATEAU_KEY) == b.get(PLATEAU_KEY)
-    assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
 class FirstStep(pl.Callback):
@@ -127,7 +102,7 @@ def test_ctrl_c_mid_epoch_then_resume_finishes_and_its_checkpoints_generate(fami
     assert info.best_valid_bpc is not None and 0 < info.best_valid_bpc < 7
 
     for which in ("best", "last"):
-        payload = _checkpoint(resumed.checkpoint(which))  # weights_only=True: plain data only
+        payload = checkpoint_payload(resumed.checkpoint(which))  # weights_only=True: plain data only
         assert payload["hyper_parameters"]["recipe"] == recipe.values
         loaded = load_checkpoint(resumed.checkpoint(which))
         model = build_model(loaded.recipe)
@@ -145,7 +120,7 @@ def test_runs_repeat_and_resume_anywhere_continues_exactly(family: str, book: Pa
     recipe = tiny(family, book, *(["model.dropout=0.2"] if family == "gpt" else []))
     whole = train(recipe, run_name="whole", quiet=True)
     again = train(recipe, run_name="again", quiet=True)
-    _assert_same_training_state(whole.checkpoint("last"), again.checkpoint("last"))
+    assert_same_training_state(whole.checkpoint("last"), again.checkpoint("last"))
 
     # Ctrl-C in the middle of the first epoch, as the second is about to start, and in the middle of the
     # second, then resume with the recipe unchanged: the same training as without the interruption (gpt
@@ -155,18 +130,18 @@ def test_runs_repeat_and_resume_anywhere_continues_exactly(family: str, book: Pa
         name = f"cut{stop}"
         with pytest.raises(TrainingInterrupted):
             train(recipe, run_name=name, extra_callbacks=[StopAt(stop)], quiet=True)
-        assert _checkpoint(find_run(name).checkpoint("last"))["global_step"] == stop
+        assert checkpoint_payload(find_run(name).checkpoint("last"))["global_step"] == stop
         cut = train(None, resume=name, quiet=True)
-        _assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+        assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
 
     if recipe.scheduler["name"] == "cosine":
         return  # its schedule spans max_epochs: a 1-epoch run is annealed differently from a 2-epoch one
     # As for the MLP: one epoch, then `--resume` through the CLI raising max_epochs to two.
     first = train(tiny(family, book, "trainer.max_epochs=1"), run_name="halves", quiet=True)
-    assert _checkpoint(first.checkpoint("last"))["epoch"] == 0
+    assert checkpoint_payload(first.checkpoint("last"))["epoch"] == 0
     assert cli(["train", "--resume", "trainer.max_epochs=2", "--quiet"]) == 0
     assert (first.info().status, first.info().epochs) == ("finished", 2)
-    _assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
+    assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
 
 
 # --- DDP ------------------------------------------------------------------------------------------------
@@ -188,17 +163,7 @@ def test_two_cpu_processes_share_one_mamba_run(tmp_path: Path, langinterp_home: 
         "[trainer]\nmax_epochs = 1\nbatch_size = 32\nsamples = 1\nsample_chars = 10\n"
     )
     audit = tmp_path / "audit"
-    env = {
-        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
-    }
-    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
-    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source})
-    command = [
-        sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet",
-        'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
-    ]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = train_with_two_processes(recipe, audit, tmp_path)
 
     # Each rank gets half of the training windows (the sampler pads to equal halves), not all of them.
     windows = len(WindowDataset(build_splits(load_recipe(recipe).data).train, 8, "causal"))

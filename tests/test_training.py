@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAt
+from conftest import StopAt, assert_same_training_state, checkpoint_payload
 
 from langinterp import training
 from langinterp.cli import run as cli
@@ -66,24 +66,6 @@ def tiny_recipe(text: Path, *overrides: str) -> Recipe:
     return resolve(raw, overrides, name="tiny")
 
 
-def _checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _assert_same_training_state(left: Path, right: Path) -> None:
-    a, b = _checkpoint(left), _checkpoint(right)
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key in a["state_dict"]:
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
-    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
-    assert state_a.keys() == state_b.keys()
-    for index in state_a:
-        for name, value in state_a[index].items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[index][name])), (index, name)
-    assert a[PLATEAU_KEY] == b[PLATEAU_KEY]
-
-
 def test_training_lowers_the_loss_and_writes_the_run(small_text: Path) -> None:
     run = train(tiny_recipe(small_text), quiet=True)
     info = run.info()
@@ -104,7 +86,7 @@ def test_training_lowers_the_loss_and_writes_the_run(small_text: Path) -> None:
     assert "valid_bpc" in header and "chars_per_s" in header
 
     for which in ("best", "last"):
-        payload = _checkpoint(run.checkpoint(which))  # weights_only=True: plain data only
+        payload = checkpoint_payload(run.checkpoint(which))  # weights_only=True: plain data only
         assert payload["hyper_parameters"]["recipe"] == tiny_recipe(small_text).values
         assert payload["hyper_parameters"]["vocab_size"] == 128
         loaded = load_checkpoint(run.checkpoint(which))
@@ -119,15 +101,16 @@ def test_training_lowers_the_loss_and_writes_the_run(small_text: Path) -> None:
 def test_runs_are_repeatable_and_resume_continues_exactly(small_text: Path) -> None:
     whole = train(tiny_recipe(small_text), run_name="whole", quiet=True)
     again = train(tiny_recipe(small_text), run_name="again", quiet=True)
-    _assert_same_training_state(whole.checkpoint("last"), again.checkpoint("last"))
+    assert_same_training_state(whole.checkpoint("last"), again.checkpoint("last"))
+    assert PLATEAU_KEY in checkpoint_payload(whole.checkpoint("last"))  # the plateau state is compared too
 
     first = train(tiny_recipe(small_text, "trainer.max_epochs=1"), run_name="halves", quiet=True)
-    assert _checkpoint(first.checkpoint("last"))["epoch"] == 0
+    assert checkpoint_payload(first.checkpoint("last"))["epoch"] == 0
     # Through the CLI: `--resume` without a name takes the newest run; the flag's value is an override.
     assert cli(["train", "--resume", "trainer.max_epochs=2", "--quiet"]) == 0
     assert first.info().status == "finished" and first.info().epochs == 2
     assert load_recipe(first.recipe_path).trainer["max_epochs"] == 2
-    _assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
+    assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
 
 
 def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Path) -> None:
@@ -136,16 +119,16 @@ def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Pa
         train(tiny_recipe(small_text), run_name="cut", extra_callbacks=[StopAt(2)], quiet=True)
     cut = train(None, resume="cut", quiet=True)
     assert cut.info().steps == whole.info().steps
-    _assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+    assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
 
 
 def test_resuming_with_more_epochs_stretches_a_cosine_schedule(small_text: Path) -> None:
     cosine = ["scheduler.name='cosine'", "scheduler.min_lr=1e-5"]
     run = train(tiny_recipe(small_text, *cosine, "trainer.max_epochs=1"), run_name="cosine", quiet=True)
     steps = run.info().steps
-    assert _checkpoint(run.checkpoint("last"))["lr_schedulers"][0]["T_max"] == steps
+    assert checkpoint_payload(run.checkpoint("last"))["lr_schedulers"][0]["T_max"] == steps
     assert cli(["train", "--resume", "cosine", "trainer.max_epochs=3", "--quiet"]) == 0
-    schedule = _checkpoint(run.checkpoint("last"))["lr_schedulers"][0]
+    schedule = checkpoint_payload(run.checkpoint("last"))["lr_schedulers"][0]
     assert run.info().steps == 3 * steps
     # Sized for the three epochs; having reached its minimum it stays there instead of climbing back up
     # (with the one-epoch length kept, the rate would be back at its start after two more epochs).
@@ -153,7 +136,7 @@ def test_resuming_with_more_epochs_stretches_a_cosine_schedule(small_text: Path)
     assert schedule["_last_lr"][0] == pytest.approx(1e-5)
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_a_resumable_checkpoint(small_text: Path) -> None:
+def test_ctrl_c_stops_cleanly_and_leaves_a_resumablecheckpoint_payload(small_text: Path) -> None:
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="--resume stopped"):
         train(tiny_recipe(small_text), run_name="stopped", extra_callbacks=[StopAt(3)], quiet=True)
