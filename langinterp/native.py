@@ -10,6 +10,7 @@ turns every kernel off: callers then use their pure-PyTorch paths.
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -17,7 +18,13 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
+logger = logging.getLogger(__name__)
+
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+# Every kernel has one entry point per handled dtype, named `<name>_<suffix>`.
+DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 class KernelUnavailable(RuntimeError):
@@ -78,3 +85,19 @@ def load(source: Path) -> ctypes.CDLL:
         return ctypes.CDLL(str(build(source)))
     except OSError as error:
         raise KernelUnavailable(str(error)) from error
+
+
+def bind(source: Path, signatures: dict[str, list[type]], instead: str) -> ctypes.CDLL | None:
+    """``source`` loaded with the argument types of its entry points set (``signatures``: name -> ctypes
+    types, for every dtype suffix), or None after one warning saying what runs ``instead``."""
+    try:
+        library = load(source)
+    except KernelUnavailable as error:
+        logger.warning("%s unavailable, using %s: %s", source.name, instead, error)
+        return None
+    for name, argtypes in signatures.items():
+        for suffix in DTYPES.values():
+            function = getattr(library, f"{name}_{suffix}")
+            function.restype = None
+            function.argtypes = argtypes
+    return library

@@ -24,7 +24,6 @@ pure PyTorch (see piecewise.py). Only float32 and float64 CPU tensors are handle
 """
 
 import ctypes
-import logging
 from functools import cache
 from pathlib import Path
 
@@ -33,27 +32,25 @@ from torch import Tensor
 
 from .. import native
 
-logger = logging.getLogger(__name__)
-
 SOURCE = Path(__file__).with_name("kernel.cpp")
-DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+DTYPES = native.DTYPES
+
+
+def _arguments(pointers: int, sizes: int) -> list[type]:
+    """Tensors first, then the row count (int64), then `sizes` ints."""
+    return [ctypes.c_void_p] * pointers + [ctypes.c_int64] + [ctypes.c_int] * sizes
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        library = native.load(SOURCE)
-    except native.KernelUnavailable as error:
-        logger.warning("piecewise CPU kernel unavailable, using pure PyTorch: %s", error)
-        return None
-    for suffix in DTYPES.values():
-        signatures = (("forward", 3), ("grad_weight", 3), ("grad_input", 5), ("dense_basis", 2))
-        for name, pointers in (*signatures, ("dense_grad_input", 3)):
-            function = getattr(library, f"{name}_{suffix}")
-            function.restype = None
-            ints = 6 if name.startswith("dense") else 7
-            function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] + [ctypes.c_int] * ints
-    return library
+    signatures = {
+        "forward": _arguments(3, 7),
+        "grad_weight": _arguments(3, 7),
+        "grad_input": _arguments(5, 7),
+        "dense_basis": _arguments(2, 6),
+        "dense_grad_input": _arguments(3, 6),
+    }
+    return native.bind(SOURCE, signatures, instead="pure PyTorch")
 
 
 @torch.compiler.assume_constant_result

@@ -15,7 +15,6 @@ when ``LANGINTERP_KERNEL=0`` or the kernel cannot be built, and scan.py then use
 """
 
 import ctypes
-import logging
 from functools import cache
 from pathlib import Path
 
@@ -24,25 +23,19 @@ from torch import Tensor
 
 from .. import native
 
-logger = logging.getLogger(__name__)
-
 SOURCE = Path(__file__).with_name("scan_kernel.cpp")
-DTYPES = {torch.float32: "f32", torch.float64: "f64"}
+DTYPES = native.DTYPES
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
-    try:
-        library = native.load(SOURCE)
-    except native.KernelUnavailable as error:
-        logger.warning("selective-scan CPU kernel unavailable, using the chunked scan: %s", error)
-        return None
-    for suffix in DTYPES.values():
-        for name, pointers in (("scan_forward", 7), ("scan_backward", 13)):
-            function = getattr(library, f"{name}_{suffix}")
-            function.restype = None
-            function.argtypes = [ctypes.c_void_p] * pointers + [ctypes.c_int64] * 4 + [ctypes.c_int]
-    return library
+    # Tensors, then batch, length, channels and states (int64), then the thread count.
+    sizes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+    signatures = {
+        "scan_forward": [ctypes.c_void_p] * 7 + sizes,
+        "scan_backward": [ctypes.c_void_p] * 13 + sizes,
+    }
+    return native.bind(SOURCE, signatures, instead="the chunked scan")
 
 
 @torch.compiler.assume_constant_result
