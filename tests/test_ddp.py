@@ -1,18 +1,40 @@
-"""DDP on 2 CPU processes (gloo), through the real command: Lightning re-launches it as a child process."""
+"""DDP on 2 CPU processes (gloo), through the real command: Lightning re-launches it as a child process.
+
+For the MLP (one prediction per window) and Mamba (a prediction at every position of a sequence).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import train_with_two_processes
 
 from langinterp.callbacks import weights_digest
+from langinterp.data import WindowDataset, build_splits, dataset_kind
+from langinterp.models import build_model
+from langinterp.recipe import load_recipe
 from langinterp.runs import list_runs, load_checkpoint
 
 
-def test_two_cpu_processes_share_one_run(tmp_path: Path, langinterp_home: Path) -> None:
+@pytest.mark.parametrize(
+    ("family", "data", "model", "batch"),
+    [
+        ("mlp", "context = 4", "hidden = { width = 8 }", 64),
+        (
+            "mamba",
+            'kind = "sequence"\ncontext = 8',
+            'type = "mamba"\nd_model = 8\nlayers = 1\nd_state = 4',
+            32,
+        ),
+    ],
+)
+def test_two_cpu_processes_share_one_run(
+    family: str, data: str, model: str, batch: int, tmp_path: Path, langinterp_home: Path
+) -> None:
     text = tmp_path / "text.txt"
     generator = torch.Generator().manual_seed(1)
     text.write_text(
@@ -23,15 +45,22 @@ def test_two_cpu_processes_share_one_run(tmp_path: Path, langinterp_home: Path) 
     )
     recipe = tmp_path / "ddp.toml"
     recipe.write_text(
-        f'[data]\nbooks = ["{text}"]\ncontext = 4\n[model]\nhidden = {{ width = 8 }}\n'
-        "[trainer]\nmax_epochs = 1\nbatch_size = 64\nsamples = 1\nsample_chars = 10\n"
+        f'[data]\nbooks = ["{text}"]\n{data}\n[model]\n{model}\n'
+        f"[trainer]\nmax_epochs = 1\nbatch_size = {batch}\nsamples = 1\nsample_chars = 10\n"
     )
     audit = tmp_path / "audit"
     done = train_with_two_processes(recipe, audit, tmp_path)
 
+    # Each rank gets half of the training windows (the sampler pads to equal halves), not all of them.
+    loaded = load_recipe(recipe)
+    kind = dataset_kind(loaded.data["kind"], build_model(loaded).reads)
+    windows = len(WindowDataset(build_splits(loaded.data).train, loaded.data["context"], kind))
+    per_rank = math.ceil(math.ceil(windows / 2) / batch)
+    assert per_rank < math.ceil(windows / batch)
+
     ranks = [json.loads((audit / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["batches"] == ranks[1]["batches"] > 0
+    assert ranks[0]["batches"] == ranks[1]["batches"] == per_rank
     assert ranks[0]["batches_sha256"] != ranks[1]["batches_sha256"]  # each rank trained on its own shard
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # gradients were averaged
 
@@ -39,8 +68,8 @@ def test_two_cpu_processes_share_one_run(tmp_path: Path, langinterp_home: Path) 
     assert len(runs) == 1  # the child did not create a run of its own
     run = runs[0]
     info = run.info()
-    assert (info.status, info.epochs) == ("finished", 1)
-    assert info.steps == ranks[0]["batches"]
+    assert (info.status, info.epochs, info.model_type) == ("finished", 1, family)
+    assert info.steps == per_rank
     assert info.extra["final"]["chars_per_s"] > 0
     saved = load_checkpoint(run.checkpoint("last"))
     assert weights_digest(saved.state_dict) == ranks[0]["weights_sha256"]

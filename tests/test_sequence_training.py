@@ -1,22 +1,20 @@
-"""Sequence families (transformer, Mamba, GPT) through training: Ctrl-C and resume, DDP, sampling options.
+"""Sequence families (transformer, Mamba, GPT) through training: Ctrl-C and resume, sampling options.
 
-The MLP's guarantees (tests/test_training.py, tests/test_ddp.py, tests/test_cli_generate.py) hold for the
-families that read `causal` windows and predict at every position. Tiny widths, a few steps, CPU only.
+The MLP's guarantees (tests/test_training.py, tests/test_cli_generate.py) hold for the families that read
+`causal` windows and predict at every position (DDP for both kinds: tests/test_ddp.py). Tiny widths, a few
+steps, CPU only.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-import torch
-from conftest import StopAt, assert_same_training_state, checkpoint_payload, train_with_two_processes
+from conftest import StopAt, assert_same_training_state, checkpoint_payload
 
-from langinterp.callbacks import weights_digest
 from langinterp.cli import run as cli
 from langinterp.data import WindowDataset, build_splits
 from langinterp.inference import load_for_inference
@@ -142,51 +140,6 @@ def test_runs_repeat_and_resume_anywhere_continues_exactly(family: str, book: Pa
     assert cli(["train", "--resume", "trainer.max_epochs=2", "--quiet"]) == 0
     assert (first.info().status, first.info().epochs) == ("finished", 2)
     assert_same_training_state(whole.checkpoint("last"), first.checkpoint("last"))
-
-
-# --- DDP ------------------------------------------------------------------------------------------------
-
-
-def test_two_cpu_processes_share_one_mamba_run(tmp_path: Path, langinterp_home: Path) -> None:
-    text = tmp_path / "text.txt"
-    generator = torch.Generator().manual_seed(1)
-    text.write_text(
-        " ".join(
-            ["ab", "cd", "efg", "hij", "kl"][i]
-            for i in torch.randint(5, (400,), generator=generator).tolist()
-        )
-    )
-    recipe = tmp_path / "ddp.toml"
-    recipe.write_text(
-        f'[data]\nbooks = ["{text}"]\nkind = "sequence"\ncontext = 8\n'
-        '[model]\ntype = "mamba"\nd_model = 8\nlayers = 1\nd_state = 4\n'
-        "[trainer]\nmax_epochs = 1\nbatch_size = 32\nsamples = 1\nsample_chars = 10\n"
-    )
-    audit = tmp_path / "audit"
-    done = train_with_two_processes(recipe, audit, tmp_path)
-
-    # Each rank gets half of the training windows (the sampler pads to equal halves), not all of them.
-    windows = len(WindowDataset(build_splits(load_recipe(recipe).data).train, 8, "causal"))
-    per_rank = math.ceil(math.ceil(windows / 2) / 32)
-    assert per_rank < math.ceil(windows / 32)
-
-    ranks = [json.loads((audit / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
-    assert ranks[0]["batches"] == ranks[1]["batches"] == per_rank
-    assert ranks[0]["batches_sha256"] != ranks[1]["batches_sha256"]  # each rank trained on its own shard
-    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]  # gradients were averaged
-
-    runs = list_runs()
-    assert len(runs) == 1  # the child did not create a run of its own
-    run = runs[0]
-    info = run.info()
-    assert (info.status, info.epochs, info.model_type) == ("finished", 1, "mamba")
-    assert info.steps == per_rank
-    assert info.extra["final"]["chars_per_s"] > 0
-    saved = load_checkpoint(run.checkpoint("last"))
-    assert weights_digest(saved.state_dict) == ranks[0]["weights_sha256"]
-    assert "--- epoch 1, sample 1" in run.samples_path.read_text()
-    assert done.stdout.count(f"run {run.name}:") == 1  # only rank 0 reports
 
 
 # --- sampling options with a trained Mamba --------------------------------------------------------------
