@@ -335,3 +335,11 @@ def train_with_two_processes(recipe: Path, audit: Path, cwd: Path) -> subprocess
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def word_text(path: Path, words: list[str], count: int) -> Path:
+    """A text of `count` words drawn from `words` with a fixed seed: small, varied and the same every run."""
+    generator = torch.Generator().manual_seed(0)
+    picks = torch.randint(len(words), (count,), generator=generator).tolist()
+    path.write_text(" ".join(words[i] for i in picks), encoding="utf-8")
+    return path

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
+from conftest import word_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = "the old man saw a dark shape move over the hill while the small dog slept by the fire"
@@ -32,11 +32,7 @@ quality = load_benchmark()
 
 @pytest.fixture
 def book(tmp_path: Path) -> Path:
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randint(len(WORDS), (2500,), generator=generator).tolist()
-    path = tmp_path / "words.txt"
-    path.write_text(" ".join(WORDS[i] for i in picks), encoding="utf-8")
-    return path
+    return word_text(tmp_path / "words.txt", WORDS, 2500)
 
 
 def test_main_trains_every_family_on_the_same_split_and_writes_finite_rows(

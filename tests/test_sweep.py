@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAt
+from conftest import StopAt, word_text
 
 from langinterp import sweep as sweeps
 from langinterp.cli import run as cli
@@ -28,10 +28,7 @@ PARAMS = [
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> Path:
     """A recipe that trains in well under a second: one epoch of 4 steps, then validation."""
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randint(len(WORDS), (200,), generator=generator).tolist()
-    text = tmp_path / "small.txt"
-    text.write_text(" ".join(WORDS[i] for i in picks), encoding="utf-8")
+    text = word_text(tmp_path / "small.txt", WORDS, 200)
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(
         f'[data]\nbooks = ["{text.as_posix()}"]\ncontext = 4\nholdout = 0.2\n\n'

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAt, assert_same_training_state, checkpoint_payload
+from conftest import StopAt, assert_same_training_state, checkpoint_payload, word_text
 
 from langinterp import training
 from langinterp.cli import run as cli
@@ -49,11 +49,7 @@ MEMORISE = (
 
 @pytest.fixture
 def small_text(tmp_path: Path) -> Path:
-    generator = torch.Generator().manual_seed(0)
-    picks = torch.randint(len(WORDS), (260,), generator=generator).tolist()
-    path = tmp_path / "small.txt"
-    path.write_text(" ".join(WORDS[i] for i in picks), encoding="utf-8")
-    return path
+    return word_text(tmp_path / "small.txt", WORDS, 260)
 
 
 def tiny_recipe(text: Path, *overrides: str) -> Recipe:
