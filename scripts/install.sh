@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with langinterp installed (editable).
 #   bash scripts/install.sh          # the tool
-#   bash scripts/install.sh --test   # the tool, the test tools, nevergrad (sweeps) and the reference layers
-#                                    (high-order-layers-torch)
+#   bash scripts/install.sh --test   # the tool, the test tools (pytest, ruff, triton), nevergrad (sweeps)
+#                                    and the reference layers (high-order-layers-torch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

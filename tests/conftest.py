@@ -5,6 +5,7 @@ closed local port, so no test can touch the user's cache or the network by accid
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,8 +17,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
+
+# Without a GPU, Triton's interpreter runs the layers' Triton kernels on CPU tensors (tests/test_triton.py).
+# It must be chosen before anything imports Triton, and Lightning does.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytorch_lightning as pl
 
 import langinterp
 from langinterp import gutenberg
@@ -343,3 +350,27 @@ def word_text(path: Path, words: list[str], count: int) -> Path:
     picks = torch.randint(len(words), (count,), generator=generator).tolist()
     path.write_text(" ".join(words[i] for i in picks), encoding="utf-8")
     return path
+
+
+def inputs_inside_and_outside(rows=12, inputs=3, dtype=torch.float64):
+    """Layer inputs in [-1.1, 1.1]: inside the domain and a little outside, where edge pieces extrapolate."""
+    torch.manual_seed(1)
+    return (torch.rand(rows, inputs, dtype=dtype) * 2.2 - 1.1).requires_grad_()
+
+
+def reference(layer, x):
+    """The definition, one link and one sample at a time (basis.py's formulas written out)."""
+    n, s, K = layer.n, layer.segments, layer.weights_per_link
+    step = n - 1 if layer.kind == "continuous" else n
+    nodes = [0.0] if n == 1 else [-math.cos(math.pi * m / (n - 1)) for m in range(n)]
+    y = torch.zeros(x.shape[0], layer.out_features, dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for i in range(layer.in_features):
+            v = float(x[b, i])
+            j = min(max(math.floor((v + 1) / 2 * s), 0), s - 1)
+            t = s * (v + 1) - 2 * j - 1
+            for k in range(n):
+                phi = math.prod((t - nodes[m]) / (nodes[k] - nodes[m]) for m in range(n) if m != k)
+                assert j * step + k < K
+                y[b] += phi * layer.weight[i, j * step + k].detach().double()
+    return y

@@ -1,10 +1,9 @@
 """High-order layers: exact agreement with high-order-layers-torch and a plain-loop reference, gradients,
 fast paths, devices, initialisation, normalisation and refinement. Small shapes: fast, offline, CPU."""
 
-import math
-
 import pytest
 import torch
+from conftest import inputs_inside_and_outside, reference
 
 from langinterp.layers import (
     KINDS,
@@ -44,29 +43,6 @@ def path(request, monkeypatch):
     if request.param == "pure":
         monkeypatch.setattr(layer_kernel, "supports", lambda *tensors: False)
     return request.param
-
-
-def inputs_inside_and_outside(rows=12, inputs=3, dtype=torch.float64):
-    torch.manual_seed(1)
-    return (torch.rand(rows, inputs, dtype=dtype) * 2.2 - 1.1).requires_grad_()
-
-
-def reference(layer, x):
-    """The definition, one link and one sample at a time (basis.py's formulas written out)."""
-    n, s, K = layer.n, layer.segments, layer.weights_per_link
-    step = n - 1 if layer.kind == "continuous" else n
-    nodes = [0.0] if n == 1 else [-math.cos(math.pi * m / (n - 1)) for m in range(n)]
-    y = torch.zeros(x.shape[0], layer.out_features, dtype=torch.float64)
-    for b in range(x.shape[0]):
-        for i in range(layer.in_features):
-            v = float(x[b, i])
-            j = min(max(math.floor((v + 1) / 2 * s), 0), s - 1)
-            t = s * (v + 1) - 2 * j - 1
-            for k in range(n):
-                phi = math.prod((t - nodes[m]) / (nodes[k] - nodes[m]) for m in range(n) if m != k)
-                assert j * step + k < K
-                y[b] += phi * layer.weight[i, j * step + k].detach().double()
-    return y
 
 
 def oracle(layer):

@@ -1,8 +1,9 @@
 """High-order layers: links that are piecewise polynomials, computed at close to the cost of a Linear.
 
 - basis.py: nodes, Lagrange basis, segment location, the weight layout (K weights per link).
-- piecewise.py: HighOrderLinear and the choice of fast path (dense basis, compiled gather kernel, gather).
+- piecewise.py: HighOrderLinear and the choice of fast path (dense basis, CPU kernel, Triton, gather).
 - kernel.cpp / kernel.py: the CPU gather kernel, built on first use, exposed as torch custom ops.
+- triton_kernels.py / triton_ops.py: the same passes for CUDA in Triton, exposed as torch custom ops.
 - character.py: CharacterInput, the input layer over character codes as a table lookup.
 - init.py, norm.py, refine.py: initialisations, normalisations, h/p-refinement.
 

@@ -195,13 +195,16 @@ def piecewise_dense(x: Tensor, weight: Tensor, n: int, segments: int, step: int)
     return piecewise_basis(x, K, n, segments, step) @ weight.reshape(inputs * K, outputs)
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def setup_context(ctx, inputs, output) -> None:
+    """Autograd context of a piecewise op (x, weight, n, segments, step); triton_ops.py shares it."""
     x, weight, n, segments, step = inputs
     ctx.save_for_backward(x, weight)
     ctx.shape = (n, segments, step)
 
 
-def _backward_with(grad_input, grad_weight):
+def backward_with(grad_input, grad_weight):
+    """The backward formula of a piecewise op from its two gradient ops (shared with triton_ops.py)."""
+
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         grad_x = grad_input(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[0] else None
@@ -212,5 +215,5 @@ def _backward_with(grad_input, grad_weight):
 
 
 piecewise.register_autograd(
-    _backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=_setup_context
+    backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=setup_context
 )

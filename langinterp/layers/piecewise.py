@@ -19,20 +19,22 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
-- ``gather`` for larger K elsewhere (CUDA, bf16 weights, no compiler): embedding_bag over the flattened
-  row indices with the basis values as per-sample weights; exact, memory independent of segments, but its
-  CPU backward is slow, hence the kernel.
+- ``triton`` for larger K on CUDA when Triton is installed: Triton kernels (triton_ops.py) that, like the CPU
+  kernel, touch only the active rows; not under torch.use_deterministic_algorithms (dL/dW adds atomically).
+- ``gather`` for larger K elsewhere (no compiler, no Triton, deterministic mode on CUDA, other devices):
+  embedding_bag over the flattened row indices with the basis values as per-sample weights; exact, memory
+  independent of segments, but its CPU backward is slow, hence the kernels.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernel
+from . import kernel, triton_ops
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
 
-PATHS = ("auto", "dense", "kernel", "gather")
+PATHS = ("auto", "dense", "kernel", "triton", "gather")
 DENSE_RATIO = 4
 
 
@@ -88,7 +90,9 @@ class HighOrderLinear(nn.Module):
             return self.path
         if self.weights_per_link <= DENSE_RATIO * self.n:
             return "dense"
-        return "kernel" if kernel.supports(x, self.weight) else "gather"
+        if kernel.supports(x, self.weight):
+            return "kernel"
+        return "triton" if triton_ops.supports(x, self.weight) else "gather"
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
@@ -100,6 +104,8 @@ class HighOrderLinear(nn.Module):
         step = stride(self.kind, self.n)
         if path == "kernel":
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
+        elif path == "triton":
+            y = triton_ops.piecewise(flat, weight, self.n, self.segments, step)
         elif path == "dense" and kernel.supports(flat, weight):
             y = kernel.piecewise_dense(flat, weight, self.n, self.segments, step)
         else:

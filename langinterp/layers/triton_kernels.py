@@ -1,0 +1,119 @@
+"""Triton device code of the piecewise layers (triton_ops.py wraps it as torch ops and says why).
+
+Imported only when a layer takes the Triton path, so that importing langinterp never imports Triton.
+Every program works on a tile of rows (samples): it locates each row's segment of input i exactly as
+basis.py does, evaluates the n Lagrange basis values there, and gathers the n weight rows of that segment.
+Arithmetic runs in ``ACC`` (float32, or float64 for float64 weights) whatever the storage type.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _segment(x, S, ACC: tl.constexpr):
+    """Segment j (int32), local coordinate t and dt/dx of x, in basis.locate's arithmetic.
+
+    floor(u) clamped to [0, S - 1] is the truncation of u clamped first; a NaN fails both tests and lands in
+    segment 0, never off the table (as the CPU kernel does).
+    """
+    s = S.to(ACC)
+    u = (x + 1.0) / 2.0 * s
+    u = tl.where(u >= 0.0, u, 0.0)
+    u = tl.where(u <= s - 1.0, u, s - 1.0)
+    j = u.to(tl.int32)
+    jf = j.to(ACC)
+    low = jf / s * 2.0 - 1.0
+    high = (jf + 1.0) / s * 2.0 - 1.0
+    t = 2.0 * ((x - low) / (high - low)) - 1.0
+    return j, t, 2.0 / (high - low)
+
+
+@triton.jit
+def _phi(t, nodes_ptr, inv_ptr, k: tl.constexpr, N: tl.constexpr):
+    """phi_k(t) = prod_{m != k} (t - X_m) / (X_k - X_m), as a product times the inverse denominator."""
+    p = tl.full(t.shape, 1.0, t.dtype)
+    for m in tl.static_range(N):
+        if m != k:
+            p = p * (t - tl.load(nodes_ptr + m))
+    return p * tl.load(inv_ptr + k)
+
+
+@triton.jit
+def _dphi(t, nodes_ptr, inv_ptr, k: tl.constexpr, N: tl.constexpr):
+    """d phi_k / dt, by the product rule over the same factors as _phi."""
+    p = tl.full(t.shape, 1.0, t.dtype)
+    dp = tl.zeros(t.shape, t.dtype)
+    for m in tl.static_range(N):
+        if m != k:
+            d = t - tl.load(nodes_ptr + m)
+            dp = dp * d + p
+            p = p * d
+    return dp * tl.load(inv_ptr + k)
+
+
+@triton.jit
+def forward(
+    x_ptr, w_ptr, y_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
+    STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+):  # fmt: skip
+    """y[r, o] = sum_i sum_k phi_k(t_ri) W[i, j_ri * STRIDE + k, o] for a tile of BR rows by BO outputs."""
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    o = tl.program_id(1) * BO + tl.arange(0, BO)
+    rows_in = r < rows
+    mask = rows_in[:, None] & (o < outputs)[None, :]
+    acc = tl.zeros([BR, BO], dtype=ACC)
+    for i in range(0, inputs):
+        x = tl.load(x_ptr + r * inputs + i, mask=rows_in, other=0.0).to(ACC)
+        j, t, _ = _segment(x, S, ACC)
+        first = i * K + j.to(tl.int64) * STRIDE
+        for k in tl.static_range(N):
+            w = tl.load(w_ptr + (first + k)[:, None] * outputs + o[None, :], mask=mask, other=0.0).to(ACC)
+            acc += _phi(t, nodes_ptr, inv_ptr, k, N)[:, None] * w
+    tl.store(y_ptr + r[:, None] * outputs + o[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grad_input(
+    x_ptr, w_ptr, g_ptr, dx_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
+    STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+):  # fmt: skip
+    """dx[r, i] = dt/dx sum_o g[r, o] sum_k phi_k'(t_ri) W[i, j_ri * STRIDE + k, o]; BR rows of input i."""
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    i = tl.program_id(1)
+    rows_in = r < rows
+    x = tl.load(x_ptr + r * inputs + i, mask=rows_in, other=0.0).to(ACC)
+    j, t, scale = _segment(x, S, ACC)
+    first = i * K + j.to(tl.int64) * STRIDE
+    dx = tl.zeros([BR], dtype=ACC)
+    for o0 in range(0, outputs, BO):
+        o = o0 + tl.arange(0, BO)
+        mask = rows_in[:, None] & (o < outputs)[None, :]
+        g = tl.load(g_ptr + r[:, None] * outputs + o[None, :], mask=mask, other=0.0).to(ACC)
+        slope = tl.zeros([BR, BO], dtype=ACC)
+        for k in tl.static_range(N):
+            w = tl.load(w_ptr + (first + k)[:, None] * outputs + o[None, :], mask=mask, other=0.0).to(ACC)
+            slope += _dphi(t, nodes_ptr, inv_ptr, k, N)[:, None] * w
+        dx += tl.sum(slope * g, axis=1)
+    tl.store(dx_ptr + r * inputs + i, (dx * scale).to(dx_ptr.dtype.element_ty), mask=rows_in)
+
+
+@triton.jit
+def grad_weight(
+    x_ptr, g_ptr, dw_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
+    STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+):  # fmt: skip
+    """dW[i, j_ri * STRIDE + k, o] += phi_k(t_ri) g[r, o] for BR rows of input i and BO outputs (atomic adds
+    into a buffer of type ACC: rows that share a segment add into the same entries)."""
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    i = tl.program_id(1)
+    o = tl.program_id(2) * BO + tl.arange(0, BO)
+    rows_in = r < rows
+    mask = rows_in[:, None] & (o < outputs)[None, :]
+    x = tl.load(x_ptr + r * inputs + i, mask=rows_in, other=0.0).to(ACC)
+    j, t, _ = _segment(x, S, ACC)
+    first = i * K + j.to(tl.int64) * STRIDE
+    g = tl.load(g_ptr + r[:, None] * outputs + o[None, :], mask=mask, other=0.0).to(ACC)
+    for k in tl.static_range(N):
+        contribution = _phi(t, nodes_ptr, inv_ptr, k, N)[:, None] * g
+        tl.atomic_add(dw_ptr + (first + k)[:, None] * outputs + o[None, :], contribution, mask=mask)
