@@ -1,8 +1,9 @@
 """Speed and memory of the high-order layers against nn.Linear and high-order-layers-torch.
 
-    python benchmarks/layers.py [--quick] [--out FILE]
+    python benchmarks/layers.py [--quick] [--device cpu|cuda] [--out FILE]
 
-For every case (in, out, n, segments) at batch 1024, with one thread and with all threads, it times a
+For every case (in, out, n, segments) at batch 1024, on the CPU with one thread and with all threads (or,
+with --device cuda, once on the GPU, where the layers take their Triton path), it times a
 forward+backward pass (median of repeated runs after warm-up, taking turns, in this one process) of our
 layer, of nn.Linear(in, out), of nn.Linear(in*n, out) (the same multiply-adds as ours) and of
 high-order-layers-torch, and the peak memory each allocates (tensor allocations seen by the torch profiler
@@ -61,8 +62,25 @@ def median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -
     return {name: statistics.median(t) for name, t in turns_ms(steps, repeats, warmup).items()}
 
 
-def peak_mib(step: Callable[[], None]) -> float:
+def synchronized(step: Callable[[], None]) -> Callable[[], None]:
+    """The step, returning only once the GPU has finished it (CUDA runs asynchronously)."""
+
+    def run() -> None:
+        step()
+        torch.cuda.synchronize()
+
+    return run
+
+
+def peak_mib(step: Callable[[], None], device: str = "cpu") -> float:
     """Largest total of live tensor allocations made during one call of ``step``, in MiB."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     events = sorted(
@@ -96,7 +114,7 @@ def oracle(n: int, inputs: int, outputs: int, segments: int) -> nn.Module | None
     return PiecewisePolynomial(n, inputs, outputs, segments)
 
 
-def measure(case: tuple, threads: int, quick: bool) -> dict:
+def measure(case: tuple, threads: int, quick: bool, device: str = "cpu") -> dict:
     name, inputs, outputs, n, segments = case
     kind = "continuous"
     torch.set_num_threads(threads)
@@ -104,26 +122,31 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
     repeats, warmup = (5, 2) if quick else (15, 3)
     hidden = name == "hidden"
     if name == "input codes":
-        codes = torch.randint(0, 128, (BATCH, inputs))
-        ours = pass_of(CharacterInput(inputs, outputs, n, segments), codes)
+        codes = torch.randint(0, 128, (BATCH, inputs), device=device)
+        ours = pass_of(CharacterInput(inputs, outputs, n, segments).to(device), codes)
         x = codes_to_unit(codes)
     else:
-        x = (torch.rand(BATCH, inputs) * 2 - 1).requires_grad_(hidden)
-        ours = pass_of(HighOrderLinear(inputs, outputs, n, segments), x)
-    wide = torch.randn(BATCH, inputs * n, requires_grad=hidden)
+        x = (torch.rand(BATCH, inputs, device=device) * 2 - 1).requires_grad_(hidden)
+        ours = pass_of(HighOrderLinear(inputs, outputs, n, segments).to(device), x)
+    wide = torch.randn(BATCH, inputs * n, device=device, requires_grad=hidden)
     steps = {
         "ours": ours,
-        "linear": pass_of(nn.Linear(inputs, outputs, bias=False), x),
-        "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False), wide),
+        "linear": pass_of(nn.Linear(inputs, outputs, bias=False).to(device), x),
+        "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False).to(device), wide),
     }
-    row = {"case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
+    if device == "cuda":
+        steps = {key: synchronized(step) for key, step in steps.items()}
+    row = {
+        "case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads,
+        "device": device,
+    }  # fmt: skip
     turns = turns_ms(steps, repeats, warmup)
     for key, milliseconds in turns.items():
         row[f"{key}_ms"] = statistics.median(milliseconds)
     # The ratio of each turn's pair, then the median: steadier than a ratio of medians when the load from
     # elsewhere changes between turns.
     row["ratio"] = statistics.median(a / b for a, b in zip(turns["ours"], turns["linear_in_n"], strict=True))
-    row["ours_peak_mib"] = peak_mib(ours)
+    row["ours_peak_mib"] = peak_mib(steps["ours"], device)
     row["weight_mib"] = inputs * weights_per_link(kind, n, segments) * outputs * 4 / 2**20
     hol_batch = 32 if quick else 128
     theirs = oracle(n, inputs, outputs, segments)
@@ -132,9 +155,11 @@ def measure(case: tuple, threads: int, quick: bool) -> dict:
     if theirs is not None:
         small = x[:hol_batch].detach().clone().requires_grad_(hidden)
         scale = BATCH / hol_batch
-        step = pass_of(theirs, small)
+        step = pass_of(theirs.to(device), small)
+        if device == "cuda":
+            step = synchronized(step)
         row["hol_ms"] = scale * median_ms({"hol": step}, 1 if quick else 3, 1)["hol"]
-        row["hol_peak_mib"] = scale * peak_mib(step)
+        row["hol_peak_mib"] = scale * peak_mib(step, device)
     return row
 
 
@@ -148,7 +173,8 @@ def table(rows: list[dict]) -> str:
         hol, hol_mib = r["hol_ms"], r["hol_peak_mib"]
         speedup = "-" if hol is None else f"{hol / r['ours_ms']:.0f}"
         lines.append(
-            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['threads']} "
+            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
+            f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} "
             f"| {r['ours_ms']:.2f} | {r['linear_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
             f"| {'-' if hol is None else f'{hol:.0f}'} | {r['ratio']:.2f} "
             f"| {speedup} | {r['ours_peak_mib']:.1f} | {r['weight_mib']:.1f} "
@@ -163,9 +189,13 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "layers.json"
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the layers run")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU, and torch sees none")
     all_threads = torch.get_num_threads()
-    rows = [measure(case, threads, args.quick) for case in CASES for threads in sorted({1, all_threads})]
+    counts = sorted({1, all_threads}) if args.device == "cpu" else [all_threads]
+    rows = [measure(case, threads, args.quick, args.device) for case in CASES for threads in counts]
     torch.set_num_threads(all_threads)
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
