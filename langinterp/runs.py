@@ -168,7 +168,8 @@ def create_run(recipe: Recipe, name: str | None = None) -> RunDir:
             recipe_name=recipe.name,
             model_type=recipe.model["type"],
             data_kind=recipe.data["kind"],
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            # Microseconds: runs started within one second must still sort in the order they were made.
+            created=datetime.now(UTC).isoformat(timespec="microseconds"),
         )
     )
     return run
@@ -196,8 +197,17 @@ def scan_runs() -> RunListing:
             runs.append((run, run.info()))
         except BrokenRunError as error:
             skipped.append(error)
-    runs.sort(key=lambda pair: (pair[1].created, pair[0].name))
+    runs.sort(key=lambda pair: (_created_at(pair[1].created), pair[0].name))
     return RunListing(runs, skipped)
+
+
+def _created_at(created: str) -> datetime:
+    """When a run was made (older runs recorded whole seconds); an unreadable time sorts first."""
+    try:
+        when = datetime.fromisoformat(created)
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def list_runs() -> list[RunDir]:

@@ -197,6 +197,18 @@ def test_listing_runs_reads_each_run_json_once(capsys, monkeypatch: pytest.Monke
     assert reads == {run.path: 1 for run in made}
 
 
+def test_the_newest_run_is_the_last_made_even_within_one_second() -> None:
+    # Names that sort the other way round, made within the same second.
+    made = [untrained_run(name) for name in ("zeta", "eta", "alpha")]
+    assert list_runs() == made
+    assert find_run() == made[-1]
+    # A run recorded in whole seconds (as before) sorts by time with the others, before a later one.
+    older = untrained_run("older")
+    info = json.loads((older.path / INFO_FILE).read_text(encoding="utf-8"))
+    (older.path / INFO_FILE).write_text(json.dumps({**info, "created": "2000-01-01T00:00:00+00:00"}))
+    assert list_runs() == [older, *made]
+
+
 def test_epoch_history_keeps_the_last_epoch_values_and_drops_step_values(tmp_path: Path) -> None:
     metrics = tmp_path / "metrics.csv"
     metrics.write_text(
