@@ -22,7 +22,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from langinterp.callbacks import BatchAudit, BatchSeed, ProgressBar, RunRecorder, Samples
+from langinterp.callbacks import BatchAudit, BatchSeed, ProgressBar, RunRecorder, Samples, StopBetweenBatches
 from langinterp.checkpoint_io import AtomicCheckpointIO
 from langinterp.data import CharDataModule
 from langinterp.errors import LanginterpError, NotFoundError, UsageError
@@ -242,6 +242,7 @@ def _callbacks(run: RunDir, recipe: Recipe, quiet: bool, extra: Sequence[Callbac
         BatchSeed(recipe.trainer["seed"]),
         checkpoint,
         RunRecorder(run, checkpoint),
+        StopBetweenBatches(),
     ]
     if recipe.data["kind"] == "sequence":
         callbacks.append(Samples(run, recipe))

@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from conftest import StopAt, assert_same_training_state, checkpoint_payload, word_text
 
@@ -113,6 +114,57 @@ def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Pa
     whole = train(tiny_recipe(small_text), run_name="whole", quiet=True)
     with pytest.raises(TrainingInterrupted):
         train(tiny_recipe(small_text), run_name="cut", extra_callbacks=[StopAt(2)], quiet=True)
+    cut = train(None, resume="cut", quiet=True)
+    assert cut.info().steps == whole.info().steps
+    assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+
+
+class CtrlCInOptimizerStep(pl.Callback):
+    """Delivers a real SIGINT from inside the optimizer's step number ``step`` (as its last update ends,
+    before Lightning counts the step): stopping right there would leave the weights updated and the step
+    uncounted, so that the resumed run would apply that batch twice."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        def deliver(optimizer: object, args: object, kwargs: object) -> None:
+            if trainer.global_step == self.step:
+                signal.raise_signal(signal.SIGINT)
+
+        trainer.optimizers[0].register_step_post_hook(deliver)
+
+
+class CtrlCBeforeBatch(pl.Callback):
+    """Presses Ctrl-C (raises KeyboardInterrupt) as a given batch of an epoch is about to start."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if (trainer.current_epoch, args[-1]) == self.at:
+            raise KeyboardInterrupt
+
+
+def test_a_real_ctrl_c_stops_between_batches_and_resumes_exactly(small_text: Path) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    whole = train(tiny_recipe(small_text), run_name="whole", quiet=True)
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_recipe(small_text), run_name="cut", extra_callbacks=[CtrlCInOptimizerStep(2)], quiet=True)
+    assert signal.getsignal(signal.SIGINT) == handler
+    # The step under way when Ctrl-C came is finished and counted.
+    assert load_checkpoint(find_run("cut").checkpoint("last")).global_step == 3
+    cut = train(None, resume="cut", quiet=True)
+    assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+
+
+def test_ctrl_c_between_accumulated_batches_resumes_exactly(small_text: Path) -> None:
+    # With gradients summed over 3 batches, a stop after 4 batches of an epoch leaves one batch's gradient
+    # unapplied: the checkpoint goes back to the last optimizer step, and the resumed run redoes that batch.
+    accumulate = tiny_recipe(small_text, "trainer.accumulate=3")
+    whole = train(accumulate, run_name="whole", quiet=True)
+    with pytest.raises(TrainingInterrupted):
+        train(accumulate, run_name="cut", extra_callbacks=[CtrlCBeforeBatch(1, 4)], quiet=True)
     cut = train(None, resume="cut", quiet=True)
     assert cut.info().steps == whole.info().steps
     assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
