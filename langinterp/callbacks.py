@@ -22,7 +22,7 @@ from langinterp.paths import atomic_write
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir
 from langinterp.sampling import SamplingOptions, generate
-from langinterp.shuffle import batch_seed, epoch_seed
+from langinterp.shuffle import EpochShuffle, batch_seed, epoch_seed
 from langinterp.text import decode
 
 
@@ -163,8 +163,9 @@ class RunRecorder(pl.Callback):
 class Samples(pl.Callback):
     """After each epoch, append a few seeded sample generations to the run's samples.txt.
 
-    The prompt is the first window of the first batch trained in the epoch (the epoch's first batch, or on a
-    resume mid-epoch the first after it), so samples continue real text.
+    The prompt is the first window of the epoch's first batch, so samples continue real text; it is read
+    from the epoch's training order (`EpochShuffle`), so an epoch resumed in its middle, whose first batch
+    is not trained again, still gets the prompt, and the samples, of an uninterrupted run.
     """
 
     def __init__(self, run: RunDir, recipe: Recipe) -> None:
@@ -172,28 +173,21 @@ class Samples(pl.Callback):
         self.count = recipe.trainer["samples"]
         self.chars = recipe.trainer["sample_chars"]
         self.seed = recipe.trainer["seed"]
-        self.prompt: str | None = None
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.prompt = None
-
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.prompt is None:
-            self.prompt = decode(batch[0][0].reshape(-1).cpu())
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero or not self.count or not self.prompt:
+        if not trainer.is_global_zero or not self.count:
             return
         epoch = trainer.current_epoch
+        order: EpochShuffle = trainer.train_dataloader.sampler
+        share = order.share(epoch)
+        if not share:
+            return
+        prompt = decode(order.dataset[share[0]][0].reshape(-1))
         parts = [self.run.samples_path.read_text(encoding="utf-8")] if self.run.samples_path.is_file() else []
         for index in range(self.count):
             seed = epoch_seed(self.seed, epoch) + index
-            text = "".join(generate(pl_module.model, self.prompt, self.chars, SamplingOptions(), seed=seed))
-            parts.append(
-                f"--- epoch {epoch + 1}, sample {index + 1}, seed {seed} ---\n{self.prompt}|{text}\n"
-            )
+            text = "".join(generate(pl_module.model, prompt, self.chars, SamplingOptions(), seed=seed))
+            parts.append(f"--- epoch {epoch + 1}, sample {index + 1}, seed {seed} ---\n{prompt}|{text}\n")
         atomic_write(self.run.samples_path, "".join(parts))
 
 

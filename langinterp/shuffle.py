@@ -62,12 +62,18 @@ class EpochShuffle(DistributedSampler):
         """Batches per epoch on this rank."""
         return math.ceil(self.num_samples / self.batch_size)
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.serving()))
+    def share(self, epoch: int | None = None) -> list[int]:
+        """This rank's whole share of an epoch's permutation (default: the one being served), padded as
+        DistributedSampler pads."""
+        serving = self.serving() if epoch is None else epoch
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, serving))
         order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
         if order:
             order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
-        mine = order[self.rank : self.total_size : self.num_replicas]
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        mine = self.share()
         done = self.done()
         yield from mine[done * self.batch_size :] if 0 < done < self.batches else mine
 

@@ -327,16 +327,19 @@ def assert_same_training_state(left: Path, right: Path) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
-def train_with_two_processes(recipe: Path, audit: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`langinterp train RECIPE` with DDP on 2 CPU processes (gloo), as a user would start it: Lightning
-    re-launches the command as a child process. Each rank records what it trained in `audit`."""
+def train_with_two_processes(
+    recipe: Path | None, audit: Path, cwd: Path, *arguments: str
+) -> subprocess.CompletedProcess[str]:
+    """`langinterp train [RECIPE] ARGUMENTS...` with DDP on 2 CPU processes (gloo), as a user would start it:
+    Lightning re-launches the command as a child process. Each rank records what it trained in `audit`."""
     env = {
         key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
     }
     source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
     env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source})
     command = [
-        sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet",
+        sys.executable, "-m", "langinterp", "train", *([str(recipe)] if recipe else []), *arguments,
+        "--quiet",
         'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)

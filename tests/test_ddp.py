@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_with_two_processes
+from conftest import assert_same_training_state, train_with_two_processes
 
 from langinterp.callbacks import weights_digest
 from langinterp.data import WindowDataset, build_splits, dataset_kind
 from langinterp.models import build_model
 from langinterp.recipe import load_recipe
-from langinterp.runs import list_runs, load_checkpoint
+from langinterp.runs import find_run, list_runs, load_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,23 @@ def test_two_cpu_processes_share_one_run(
     assert weights_digest(saved.state_dict) == ranks[0]["weights_sha256"]
     assert "--- epoch 1, sample 1" in run.samples_path.read_text()
     assert done.stdout.count(f"run {run.name}:") == 1  # only rank 0 reports
+
+
+def test_a_resumed_ddp_run_trains_as_an_uninterrupted_one(tmp_path: Path, langinterp_home: Path) -> None:
+    text = tmp_path / "text.txt"
+    generator = torch.Generator().manual_seed(2)
+    words = ["ab", "cd", "efg", "hij", "kl"]
+    text.write_text(" ".join(words[i] for i in torch.randint(5, (300,), generator=generator).tolist()))
+    recipe = tmp_path / "ddp.toml"
+    recipe.write_text(
+        f'[data]\nbooks = ["{text}"]\ncontext = 4\n[model]\nhidden = {{ width = 8 }}\n'
+        "[trainer]\nmax_epochs = 2\nbatch_size = 32\nsamples = 0\n"
+    )
+    train_with_two_processes(recipe, tmp_path / "audit", tmp_path, "--run-name", "whole")
+    train_with_two_processes(
+        recipe, tmp_path / "audit", tmp_path, "--run-name", "halves", "trainer.max_epochs=1"
+    )
+    train_with_two_processes(None, tmp_path / "audit", tmp_path, "--resume", "halves", "trainer.max_epochs=2")
+    whole, halves = find_run("whole"), find_run("halves")
+    assert halves.info().epochs == 2 and halves.info().steps == whole.info().steps
+    assert_same_training_state(whole.checkpoint("last"), halves.checkpoint("last"))

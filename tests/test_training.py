@@ -117,6 +117,8 @@ def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Pa
     cut = train(None, resume="cut", quiet=True)
     assert cut.info().steps == whole.info().steps
     assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+    # The cut epoch's samples too: same prompt (the epoch's first window), same model, same seeds.
+    assert cut.samples_path.read_text() == whole.samples_path.read_text()
 
 
 class CtrlCInOptimizerStep(pl.Callback):
