@@ -179,10 +179,10 @@ class Samples(pl.Callback):
             return
         epoch = trainer.current_epoch
         order: EpochShuffle = trainer.train_dataloader.sampler
-        share = order.share(epoch)
-        if not share:
+        first = order.first(epoch)
+        if first is None:
             return
-        prompt = decode(order.dataset[share[0]][0].reshape(-1))
+        prompt = decode(order.dataset[first][0].reshape(-1))
         parts = [self.run.samples_path.read_text(encoding="utf-8")] if self.run.samples_path.is_file() else []
         for index in range(self.count):
             seed = epoch_seed(self.seed, epoch) + index

@@ -62,18 +62,20 @@ class EpochShuffle(DistributedSampler):
         """Batches per epoch on this rank."""
         return math.ceil(self.num_samples / self.batch_size)
 
-    def share(self, epoch: int | None = None) -> list[int]:
-        """This rank's whole share of an epoch's permutation (default: the one being served), padded as
-        DistributedSampler pads."""
-        serving = self.serving() if epoch is None else epoch
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, serving))
-        order = torch.randperm(len(self.dataset), generator=generator).tolist()  # type: ignore[arg-type]
-        if order:
-            order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
-        return order[self.rank : self.total_size : self.num_replicas]
+    def _order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        return torch.randperm(len(self.dataset), generator=generator)  # type: ignore[arg-type]
+
+    def first(self, epoch: int) -> int | None:
+        """The dataset index this rank's share of `epoch` starts with (None when there is no data)."""
+        order = self._order(epoch)
+        return int(order[self.rank % len(order)]) if len(order) else None
 
     def __iter__(self) -> Iterator[int]:
-        mine = self.share()
+        order = self._order(self.serving()).tolist()
+        if order:  # padded as DistributedSampler pads, so that every rank gets as many
+            order = (order * math.ceil(self.total_size / len(order)))[: self.total_size]
+        mine = order[self.rank : self.total_size : self.num_replicas]
         done = self.done()
         yield from mine[done * self.batch_size :] if 0 < done < self.batches else mine
 
