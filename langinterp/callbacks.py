@@ -229,6 +229,19 @@ class BatchAudit(pl.Callback):
         atomic_write(self.directory / f"rank{trainer.global_rank}.json", json.dumps(record, indent=2) + "\n")
 
 
+class InterruptAt(pl.Callback):
+    """Debug hook: every rank raises KeyboardInterrupt as optimizer step `step` is about to start, as a Ctrl-C
+    landing there would; the tests use it to stop runs mid-epoch, DDP runs included (where a real Ctrl-C
+    stops each process wherever it is). Enabled by an environment variable only."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
 class ProgressBar(RichProgressBar):
     """Rich progress bar showing loss, bits per character, characters per second and validation bpc."""
 

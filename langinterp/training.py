@@ -22,7 +22,15 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from langinterp.callbacks import BatchAudit, BatchSeed, ProgressBar, RunRecorder, Samples, StopBetweenBatches
+from langinterp.callbacks import (
+    BatchAudit,
+    BatchSeed,
+    InterruptAt,
+    ProgressBar,
+    RunRecorder,
+    Samples,
+    StopBetweenBatches,
+)
 from langinterp.checkpoint_io import AtomicCheckpointIO
 from langinterp.data import CharDataModule
 from langinterp.errors import LanginterpError, NotFoundError, UsageError
@@ -36,6 +44,7 @@ from langinterp.trainable import CharLM
 
 RUN_ENV = "LANGINTERP_RUN"
 AUDIT_ENV = "LANGINTERP_AUDIT_DIR"
+INTERRUPT_ENV = "LANGINTERP_INTERRUPT_AT_STEP"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 RESUMABLE_TABLES = ("trainer",)
 RESUMABLE_KEYS = ("data.num_workers",)
@@ -250,6 +259,8 @@ def _callbacks(run: RunDir, recipe: Recipe, quiet: bool, extra: Sequence[Callbac
         callbacks.append(ProgressBar())
     if os.environ.get(AUDIT_ENV):
         callbacks.append(BatchAudit(Path(os.environ[AUDIT_ENV])))
+    if os.environ.get(INTERRUPT_ENV):
+        callbacks.append(InterruptAt(int(os.environ[INTERRUPT_ENV])))
     return [*callbacks, *extra]
 
 

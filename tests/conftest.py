@@ -24,7 +24,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytorch_lightning as pl
 
 import langinterp
 from langinterp import gutenberg
@@ -295,17 +294,6 @@ def round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Callable[[
     return check
 
 
-class StopAt(pl.Callback):
-    """Presses Ctrl-C at a given global step, as a user would mid-training."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
-
-
 def checkpoint_payload(path: Path) -> dict:
     """A checkpoint as saved, read as training code reads it: plain data only."""
     return torch.load(path, map_location="cpu", weights_only=True)
@@ -328,7 +316,12 @@ def assert_same_training_state(left: Path, right: Path) -> None:
 
 
 def train_with_two_processes(
-    recipe: Path | None, audit: Path, cwd: Path, *arguments: str
+    recipe: Path | None,
+    audit: Path,
+    cwd: Path,
+    *arguments: str,
+    environment: dict[str, str] | None = None,
+    returncode: int = 0,
 ) -> subprocess.CompletedProcess[str]:
     """`langinterp train [RECIPE] ARGUMENTS...` with DDP on 2 CPU processes (gloo), as a user would start it:
     Lightning re-launches the command as a child process. Each rank records what it trained in `audit`."""
@@ -336,14 +329,14 @@ def train_with_two_processes(
         key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
     }
     source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
-    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source})
+    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source, **(environment or {})})
     command = [
         sys.executable, "-m", "langinterp", "train", *([str(recipe)] if recipe else []), *arguments,
         "--quiet",
         'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == returncode, done.stderr[-3000:]
     return done
 
 

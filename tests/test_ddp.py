@@ -18,6 +18,7 @@ from langinterp.data import WindowDataset, build_splits, dataset_kind
 from langinterp.models import build_model
 from langinterp.recipe import load_recipe
 from langinterp.runs import find_run, list_runs, load_checkpoint
+from langinterp.training import INTERRUPT_ENV
 
 
 @pytest.mark.parametrize(
@@ -77,7 +78,7 @@ def test_two_cpu_processes_share_one_run(
     assert done.stdout.count(f"run {run.name}:") == 1  # only rank 0 reports
 
 
-def test_a_resumed_ddp_run_trains_as_an_uninterrupted_one(tmp_path: Path, langinterp_home: Path) -> None:
+def ddp_recipe(tmp_path: Path) -> Path:
     text = tmp_path / "text.txt"
     generator = torch.Generator().manual_seed(2)
     words = ["ab", "cd", "efg", "hij", "kl"]
@@ -87,11 +88,23 @@ def test_a_resumed_ddp_run_trains_as_an_uninterrupted_one(tmp_path: Path, langin
         f'[data]\nbooks = ["{text}"]\ncontext = 4\n[model]\nhidden = {{ width = 8 }}\n'
         "[trainer]\nmax_epochs = 2\nbatch_size = 32\nsamples = 0\n"
     )
-    train_with_two_processes(recipe, tmp_path / "audit", tmp_path, "--run-name", "whole")
-    train_with_two_processes(
-        recipe, tmp_path / "audit", tmp_path, "--run-name", "halves", "trainer.max_epochs=1"
-    )
-    train_with_two_processes(None, tmp_path / "audit", tmp_path, "--resume", "halves", "trainer.max_epochs=2")
-    whole, halves = find_run("whole"), find_run("halves")
-    assert halves.info().epochs == 2 and halves.info().steps == whole.info().steps
-    assert_same_training_state(whole.checkpoint("last"), halves.checkpoint("last"))
+    return recipe
+
+
+def test_a_resumed_ddp_run_trains_as_an_uninterrupted_one(tmp_path: Path, langinterp_home: Path) -> None:
+    recipe, audit = ddp_recipe(tmp_path), tmp_path / "audit"
+    train_with_two_processes(recipe, audit, tmp_path, "--run-name", "whole")
+    # From an epoch boundary.
+    train_with_two_processes(recipe, audit, tmp_path, "--run-name", "halves", "trainer.max_epochs=1")
+    train_with_two_processes(None, audit, tmp_path, "--resume", "halves", "trainer.max_epochs=2")
+    # From the middle of an epoch: every rank stops as step 5 is about to start, then each skips its own
+    # five batches of that epoch on resume.
+    stop = {INTERRUPT_ENV: "5"}
+    train_with_two_processes(recipe, audit, tmp_path, "--run-name", "cut", environment=stop, returncode=130)
+    assert load_checkpoint(find_run("cut").checkpoint("last")).global_step == 5
+    train_with_two_processes(None, audit, tmp_path, "--resume", "cut")
+    whole = find_run("whole")
+    for name in ("halves", "cut"):
+        run = find_run(name)
+        assert run.info().epochs == 2 and run.info().steps == whole.info().steps
+        assert_same_training_state(whole.checkpoint("last"), run.checkpoint("last"))

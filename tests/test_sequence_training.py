@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-from conftest import StopAt, assert_same_training_state, checkpoint_payload
+from conftest import assert_same_training_state, checkpoint_payload
 
+from langinterp.callbacks import InterruptAt
 from langinterp.cli import run as cli
 from langinterp.data import WindowDataset, build_splits
 from langinterp.inference import load_for_inference
@@ -81,7 +82,7 @@ def test_ctrl_c_mid_epoch_then_resume_finishes_and_its_checkpoints_generate(fami
     recipe = tiny(family, book)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="--resume stopped"):
-        train(recipe, run_name="stopped", extra_callbacks=[StopAt(3)], quiet=True)
+        train(recipe, run_name="stopped", extra_callbacks=[InterruptAt(3)], quiet=True)
     assert signal.getsignal(signal.SIGINT) == handler
     stopped = find_run("stopped")
     assert stopped.info().status == "interrupted"
@@ -127,7 +128,7 @@ def test_runs_repeat_and_resume_anywhere_continues_exactly(family: str, book: Pa
     for stop in (3, boundary, boundary + 5):
         name = f"cut{stop}"
         with pytest.raises(TrainingInterrupted):
-            train(recipe, run_name=name, extra_callbacks=[StopAt(stop)], quiet=True)
+            train(recipe, run_name=name, extra_callbacks=[InterruptAt(stop)], quiet=True)
         assert checkpoint_payload(find_run(name).checkpoint("last"))["global_step"] == stop
         cut = train(None, resume=name, quiet=True)
         assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import StopAt, word_text
+from conftest import word_text
 
 from langinterp import sweep as sweeps
+from langinterp.callbacks import InterruptAt
 from langinterp.cli import run as cli
 from langinterp.recipe import load_recipe
 from langinterp.runs import find_run, list_runs
@@ -95,7 +96,7 @@ def test_an_interrupted_sweep_resumes_where_it_stopped(tiny_recipe: Path) -> Non
     # What Ctrl-C inside trial 2's training leaves: its run, stopped at step 2 with a resumable last.ckpt.
     cut = load_recipe(tiny_recipe).with_overrides(stored.trials[1].overrides())
     with pytest.raises(TrainingInterrupted):
-        train(cut, run_name="r-002", extra_callbacks=[StopAt(2)], quiet=True)
+        train(cut, run_name="r-002", extra_callbacks=[InterruptAt(2)], quiet=True)
     second_created = find_run("r-002").info().created
 
     assert cli(["sweep", "--resume", "r"]) == 0

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import StopAt, assert_same_training_state, checkpoint_payload, word_text
+from conftest import assert_same_training_state, checkpoint_payload, word_text
 
 from langinterp import training
+from langinterp.callbacks import InterruptAt
 from langinterp.cli import run as cli
 from langinterp.data import WindowDataset, dataset_kind
 from langinterp.errors import UsageError
@@ -113,7 +114,7 @@ def test_runs_are_repeatable_and_resume_continues_exactly(small_text: Path) -> N
 def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Path) -> None:
     whole = train(tiny_recipe(small_text), run_name="whole", quiet=True)
     with pytest.raises(TrainingInterrupted):
-        train(tiny_recipe(small_text), run_name="cut", extra_callbacks=[StopAt(2)], quiet=True)
+        train(tiny_recipe(small_text), run_name="cut", extra_callbacks=[InterruptAt(2)], quiet=True)
     cut = train(None, resume="cut", quiet=True)
     assert cut.info().steps == whole.info().steps
     assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
@@ -189,7 +190,7 @@ def test_resuming_with_more_epochs_stretches_a_cosine_schedule(small_text: Path)
 def test_ctrl_c_stops_cleanly_and_leaves_a_resumablecheckpoint_payload(small_text: Path) -> None:
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="--resume stopped"):
-        train(tiny_recipe(small_text), run_name="stopped", extra_callbacks=[StopAt(3)], quiet=True)
+        train(tiny_recipe(small_text), run_name="stopped", extra_callbacks=[InterruptAt(3)], quiet=True)
     assert signal.getsignal(signal.SIGINT) == handler
     run = find_run("stopped")
     assert run.info().status == "interrupted"
