@@ -3,11 +3,15 @@
 Imported only when a layer takes the Triton path, so that importing langinterp never imports Triton.
 Every program works on a tile of rows (samples): it locates each row's segment of input i exactly as
 basis.py does, evaluates the n Lagrange basis values there, and gathers the n weight rows of that segment.
-Arithmetic runs in ``ACC`` (float32, or float64 for float64 weights) whatever the storage type.
+Arithmetic runs in ``ACC`` (float32, or float64 for float64 weights) whatever the storage type. The sizes
+are never specialised: Triton would otherwise turn a size of 1 into a compile-time constant, which has no
+``.to`` and would need its own compilation.
 """
 
 import triton
 import triton.language as tl
+
+SIZES = ["rows", "inputs", "outputs", "K", "S"]
 
 
 @triton.jit
@@ -52,7 +56,7 @@ def _dphi(t, nodes_ptr, inv_ptr, k: tl.constexpr, N: tl.constexpr):
     return dp * tl.load(inv_ptr + k)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def forward(
     x_ptr, w_ptr, y_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
     STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
@@ -73,7 +77,7 @@ def forward(
     tl.store(y_ptr + r[:, None] * outputs + o[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def grad_input(
     x_ptr, w_ptr, g_ptr, dx_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
     STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
@@ -98,7 +102,7 @@ def grad_input(
     tl.store(dx_ptr + r * inputs + i, (dx * scale).to(dx_ptr.dtype.element_ty), mask=rows_in)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=SIZES)
 def grad_weight(
     x_ptr, g_ptr, dw_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
     STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,

@@ -24,8 +24,12 @@ from .basis import chebyshev_lobatto
 from .kernel import backward_with, setup_context
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# A tile of 32 rows by 64 outputs per program, over 8 warps: compiled for sm_90, the float32 kernels then
+# hold 64-128 registers per thread and spill none (tests/test_triton.py compiles them; with 4 warps the
+# dL/dx kernel needs about 250).
 ROWS_PER_PROGRAM = 32
 OUTPUTS_PER_PROGRAM = 64
+WARPS = 8
 
 
 @torch.compiler.assume_constant_result
@@ -71,7 +75,7 @@ def _launch(name: str, grid: tuple[int, ...], tensors: list[Tensor], x: Tensor, 
     getattr(triton_kernels, name)[grid](
         *tensors, nodes, inverse, x.shape[0], inputs, outputs, K, segments,
         STRIDE=step, N=n, ACC=tl.float64 if compute == torch.float64 else tl.float32,
-        BR=ROWS_PER_PROGRAM, BO=OUTPUTS_PER_PROGRAM,
+        BR=ROWS_PER_PROGRAM, BO=OUTPUTS_PER_PROGRAM, num_warps=WARPS,
     )  # fmt: skip
 
 
