@@ -14,6 +14,7 @@ Triton is imported only when a kernel first runs. With ``TRITON_INTERPRET=1`` se
 the same kernels on CPU tensors in its interpreter: that is how the tests check them without a GPU.
 """
 
+import contextlib
 import importlib.util
 from functools import cache
 
@@ -72,11 +73,14 @@ def _launch(name: str, grid: tuple[int, ...], tensors: list[Tensor], x: Tensor, 
     inputs, K, outputs = weight.shape
     compute = _compute_dtype(weight)
     nodes, inverse = _basis_constants(n, compute, weight.device)
-    getattr(triton_kernels, name)[grid](
-        *tensors, nodes, inverse, x.shape[0], inputs, outputs, K, segments,
-        STRIDE=step, N=n, ACC=tl.float64 if compute == torch.float64 else tl.float32,
-        BR=ROWS_PER_PROGRAM, BO=OUTPUTS_PER_PROGRAM, num_warps=WARPS,
-    )  # fmt: skip
+    # Triton launches on the current CUDA device: make it the tensors' one.
+    on_device = torch.cuda.device(weight.device) if weight.device.type == "cuda" else contextlib.nullcontext()
+    with on_device:
+        getattr(triton_kernels, name)[grid](
+            *tensors, nodes, inverse, x.shape[0], inputs, outputs, K, segments,
+            STRIDE=step, N=n, ACC=tl.float64 if compute == torch.float64 else tl.float32,
+            BR=ROWS_PER_PROGRAM, BO=OUTPUTS_PER_PROGRAM, num_warps=WARPS,
+        )  # fmt: skip
 
 
 def _tiles(count: int, size: int) -> int:
