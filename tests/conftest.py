@@ -28,6 +28,7 @@ if not torch.cuda.is_available():
 import langinterp
 from langinterp import gutenberg
 from langinterp.cli import run
+from langinterp.layers import KINDS
 from langinterp.trainable import PLATEAU_KEY
 from langinterp.training import AUDIT_ENV, RANK_VARIABLES, RUN_ENV
 
@@ -346,6 +347,17 @@ def word_text(path: Path, words: list[str], count: int) -> Path:
     picks = torch.randint(len(words), (count,), generator=generator).tolist()
     path.write_text(" ".join(words[i] for i in picks), encoding="utf-8")
     return path
+
+
+# Every layer kind with n = 1..5 nodes and 1, 2, 8 or 128 segments (a polynomial has one; a continuous
+# layer needs n >= 2): the cases the layer paths are checked on.
+LAYER_CASES = [
+    (kind, n, s)
+    for kind in KINDS
+    for n in range(1, 6)
+    for s in ((1,) if kind == "polynomial" else (1, 2, 8, 128))
+    if not (kind == "continuous" and n == 1)
+]
 
 
 def inputs_inside_and_outside(rows=12, inputs=3, dtype=torch.float64):

@@ -3,7 +3,7 @@ fast paths, devices, initialisation, normalisation and refinement. Small shapes:
 
 import pytest
 import torch
-from conftest import inputs_inside_and_outside, reference
+from conftest import LAYER_CASES, inputs_inside_and_outside, reference
 
 from langinterp.layers import (
     KINDS,
@@ -19,15 +19,6 @@ from langinterp.layers import kernel as layer_kernel
 # "pure" is the dense path without the compiled kernel (its basis built by PyTorch operations), as on a
 # machine without a compiler, on CUDA or in bf16.
 PATHS = ["dense", "gather", "pure", *(["kernel"] if layer_kernel.available() else [])]
-
-
-CASES = [
-    (kind, n, s)
-    for kind in KINDS
-    for n in range(1, 6)
-    for s in ((1,) if kind == "polynomial" else (1, 2, 8, 128))
-    if not (kind == "continuous" and n == 1)
-]
 
 
 def make(kind, n, s, inputs=3, outputs=4, path="dense", dtype=torch.float64, **kwargs):
@@ -83,7 +74,7 @@ def relative_error(a, b):
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
-@pytest.mark.parametrize(("kind", "n", "s"), CASES)
+@pytest.mark.parametrize(("kind", "n", "s"), LAYER_CASES)
 def test_matches_high_order_layers_torch(kind, n, s, path):
     # Random weights, not lines: extrapolating a line through n > 2 nodes cancels large basis values and
     # would make the comparison one of rounding noise.

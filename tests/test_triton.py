@@ -13,21 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import inputs_inside_and_outside, reference
+from conftest import LAYER_CASES, inputs_inside_and_outside, reference
 
-from langinterp.layers import KINDS, HighOrderLinear, triton_ops
+from langinterp.layers import HighOrderLinear, triton_ops
 
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-CASES = [
-    (kind, n, s)
-    for kind in KINDS
-    for n in range(1, 6)
-    for s in ((1,) if kind == "polynomial" else (1, 2, 8, 128))
-    if not (kind == "continuous" and n == 1)
-]
 
 
 def layer_on(path, kind, n, s, inputs=3, outputs=4, dtype=torch.float64):
@@ -49,7 +41,7 @@ def pass_of(layer, x, rounding=None):
     return y.detach(), grad_x, layer.weight.grad
 
 
-@pytest.mark.parametrize(("kind", "n", "s"), CASES)
+@pytest.mark.parametrize(("kind", "n", "s"), LAYER_CASES)
 def test_triton_matches_gather_and_reference_in_float64(kind, n, s):
     x = inputs_inside_and_outside()
     ours = pass_of(layer_on("triton", kind, n, s), x)
