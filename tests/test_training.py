@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +163,31 @@ def test_a_real_ctrl_c_stops_between_batches_and_resumes_exactly(small_text: Pat
     assert load_checkpoint(find_run("cut").checkpoint("last")).global_step == 3
     cut = train(None, resume="cut", quiet=True)
     assert_same_training_state(whole.checkpoint("last"), cut.checkpoint("last"))
+
+
+def test_ctrl_c_in_a_terminal_stops_the_command_with_a_resume_hint(
+    small_text: Path, langinterp_home: Path, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "long.toml"
+    recipe.write_text(
+        f'[data]\nbooks = ["{small_text}"]\ncontext = 4\n[model]\nhidden = {{ width = 16 }}\n'
+        "[trainer]\nmax_epochs = 10000\nbatch_size = 32\nsamples = 0\n"
+    )
+    source = str(Path(training.__file__).resolve().parent.parent)  # the checkout, installed or not
+    command = [sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet", "--run-name", "ctrl"]
+    env = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = langinterp_home / "runs" / "ctrl" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C does, once training is under way
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "continue with `langinterp train --resume ctrl`" in err
+    run = find_run("ctrl")
+    assert run.info().status == "interrupted"
+    assert load_checkpoint(run.checkpoint("last")).global_step == run.info().steps > 0
 
 
 def test_ctrl_c_between_accumulated_batches_resumes_exactly(small_text: Path) -> None:
