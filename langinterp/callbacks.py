@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import signal
-import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +16,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 
 from langinterp.errors import first_line
+from langinterp.interrupts import rewind_to_last_step
 from langinterp.paths import atomic_write
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir
@@ -46,73 +45,6 @@ class BatchSeed(pl.Callback):
         torch.default_generator.manual_seed(seed)
         if pl_module.device.type == "cuda":
             torch.cuda.manual_seed(seed)  # the current device's generator: this rank's GPU
-
-
-class StopBetweenBatches(pl.Callback):
-    """Makes the first Ctrl-C stop training between two batches instead of wherever Python happens to be.
-
-    A KeyboardInterrupt raised inside an optimizer step leaves some weights updated and the step uncounted,
-    and the checkpoint saved then resumes into a state no uninterrupted run passes through. Here the first
-    Ctrl-C only sets a flag, and the interrupt is raised as the next training or validation batch is about to
-    start, where the weights, the optimizer and Lightning's counters agree; a second Ctrl-C acts at once.
-    Only in a single process, from the main thread: under DDP every rank would have to stop at the same
-    batch, so there Ctrl-C acts at once as before.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.previous: Any = None
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.requested = False
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._request)
-
-    def _request(self, signum: int, frame: Any) -> None:
-        self.requested = True
-        self._restore()
-
-    def _restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
-            self.previous = None
-
-    def _stop_if_requested(self) -> None:
-        if self.requested:
-            self.requested = False
-            raise KeyboardInterrupt
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self._stop_if_requested()
-
-    def on_validation_batch_start(self, *args: Any) -> None:
-        self._stop_if_requested()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        self._restore()
-
-
-def rewind_to_last_step(trainer: pl.Trainer) -> None:
-    """Count the batches since the last optimizer step as not trained.
-
-    With gradients accumulated over several batches, a stop between two optimizer steps leaves gradients
-    that no checkpoint holds; the weights are still those of the last step, so counting those batches as
-    untrained makes the resumed run redo them and step exactly where an uninterrupted run would. (The
-    epoch's last batch always steps, so a stop after it has nothing to rewind.)
-    """
-    progress = trainer.fit_loop.epoch_loop.batch_progress
-    done = progress.current.completed
-    partial = done % trainer.accumulate_grad_batches
-    if not partial or done >= trainer.num_training_batches:
-        return
-    for tracker in (progress.current, progress.total):
-        tracker.completed -= partial
-        tracker.ready = tracker.started = tracker.processed = tracker.completed
 
 
 class RunRecorder(pl.Callback):
@@ -227,19 +159,6 @@ class BatchAudit(pl.Callback):
             "weights_sha256": weights_digest(pl_module.model.state_dict()),
         }
         atomic_write(self.directory / f"rank{trainer.global_rank}.json", json.dumps(record, indent=2) + "\n")
-
-
-class InterruptAt(pl.Callback):
-    """Debug hook: every rank raises KeyboardInterrupt as optimizer step `step` is about to start, as a Ctrl-C
-    landing there would; the tests use it to stop runs mid-epoch, DDP runs included (where a real Ctrl-C
-    stops each process wherever it is). Enabled by an environment variable only."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt
 
 
 class ProgressBar(RichProgressBar):

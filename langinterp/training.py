@@ -22,18 +22,11 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from langinterp.callbacks import (
-    BatchAudit,
-    BatchSeed,
-    InterruptAt,
-    ProgressBar,
-    RunRecorder,
-    Samples,
-    StopBetweenBatches,
-)
+from langinterp.callbacks import BatchAudit, BatchSeed, ProgressBar, RunRecorder, Samples
 from langinterp.checkpoint_io import AtomicCheckpointIO
 from langinterp.data import CharDataModule
 from langinterp.errors import LanginterpError, NotFoundError, UsageError
+from langinterp.interrupts import InterruptAt, StopBetweenBatches
 from langinterp.metrics_log import MetricsCSV
 from langinterp.models import registered_types
 from langinterp.paths import atomic_write, runs_dir

@@ -316,6 +316,24 @@ def assert_same_training_state(left: Path, right: Path) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+def two_process_command(
+    recipe: Path | None, audit: Path, *arguments: str, environment: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of `langinterp train [RECIPE] ARGUMENTS...` with DDP on 2 CPU
+    processes (gloo), as a user would start it: Lightning re-launches the command as a child process. Each
+    rank records what it trained in `audit`."""
+    env = {
+        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
+    }
+    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
+    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source, **(environment or {})})
+    command = [
+        sys.executable, "-m", "langinterp", "train", *([str(recipe)] if recipe else []), *arguments,
+        "--quiet", 'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
+    ]  # fmt: skip
+    return command, env
+
+
 def train_with_two_processes(
     recipe: Path | None,
     audit: Path,
@@ -324,18 +342,8 @@ def train_with_two_processes(
     environment: dict[str, str] | None = None,
     returncode: int = 0,
 ) -> subprocess.CompletedProcess[str]:
-    """`langinterp train [RECIPE] ARGUMENTS...` with DDP on 2 CPU processes (gloo), as a user would start it:
-    Lightning re-launches the command as a child process. Each rank records what it trained in `audit`."""
-    env = {
-        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
-    }
-    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
-    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source, **(environment or {})})
-    command = [
-        sys.executable, "-m", "langinterp", "train", *([str(recipe)] if recipe else []), *arguments,
-        "--quiet",
-        'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',
-    ]  # fmt: skip
+    """Runs `two_process_command` to its end and checks its exit code."""
+    command, env = two_process_command(recipe, audit, *arguments, environment=environment)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert done.returncode == returncode, done.stderr[-3000:]
     return done

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_training_state, train_with_two_processes
+from conftest import assert_same_training_state, train_with_two_processes, two_process_command
 
 from langinterp.callbacks import weights_digest
 from langinterp.data import WindowDataset, build_splits, dataset_kind
@@ -78,7 +82,7 @@ def test_two_cpu_processes_share_one_run(
     assert done.stdout.count(f"run {run.name}:") == 1  # only rank 0 reports
 
 
-def ddp_recipe(tmp_path: Path) -> Path:
+def ddp_recipe(tmp_path: Path, epochs: int = 2) -> Path:
     text = tmp_path / "text.txt"
     generator = torch.Generator().manual_seed(2)
     words = ["ab", "cd", "efg", "hij", "kl"]
@@ -86,7 +90,7 @@ def ddp_recipe(tmp_path: Path) -> Path:
     recipe = tmp_path / "ddp.toml"
     recipe.write_text(
         f'[data]\nbooks = ["{text}"]\ncontext = 4\n[model]\nhidden = {{ width = 8 }}\n'
-        "[trainer]\nmax_epochs = 2\nbatch_size = 32\nsamples = 0\n"
+        f"[trainer]\nmax_epochs = {epochs}\nbatch_size = 32\nsamples = 0\n"
     )
     return recipe
 
@@ -108,3 +112,29 @@ def test_a_resumed_ddp_run_trains_as_an_uninterrupted_one(tmp_path: Path, langin
         run = find_run(name)
         assert run.info().epochs == 2 and run.info().steps == whole.info().steps
         assert_same_training_state(whole.checkpoint("last"), run.checkpoint("last"))
+
+
+def test_a_real_ctrl_c_stops_every_ddp_process_at_the_same_batch(
+    tmp_path: Path, langinterp_home: Path
+) -> None:
+    # A terminal's Ctrl-C reaches every process of the job. Each rank turns it into a request that the ranks
+    # agree on, so all stop before the same batch, save one consistent checkpoint, and the resumed run ends
+    # where an uninterrupted one does. (Stopping wherever each process happened to be could leave one rank
+    # waiting in a collective that the other never joins.)
+    recipe, audit = ddp_recipe(tmp_path, epochs=8), tmp_path / "audit"
+    train_with_two_processes(recipe, audit, tmp_path, "--run-name", "whole")
+    command, env = two_process_command(recipe, audit, "--run-name", "cut")
+    job = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    last = langinterp_home / "runs" / "cut" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGINT)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode == 130, err[-3000:]
+    stopped = load_checkpoint(find_run("cut").checkpoint("last")).global_step
+    assert 0 < stopped < find_run("whole").info().steps
+    train_with_two_processes(None, audit, tmp_path, "--resume", "cut")
+    assert_same_training_state(find_run("whole").checkpoint("last"), find_run("cut").checkpoint("last"))

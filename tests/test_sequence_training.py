@@ -15,10 +15,10 @@ import pytest
 import pytorch_lightning as pl
 from conftest import assert_same_training_state, checkpoint_payload
 
-from langinterp.callbacks import InterruptAt
 from langinterp.cli import run as cli
 from langinterp.data import WindowDataset, build_splits
 from langinterp.inference import load_for_inference
+from langinterp.interrupts import InterruptAt
 from langinterp.models import build_model
 from langinterp.recipe import Recipe, load_recipe
 from langinterp.runs import find_run, list_runs, load_checkpoint

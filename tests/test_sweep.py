@@ -11,8 +11,8 @@ import torch
 from conftest import word_text
 
 from langinterp import sweep as sweeps
-from langinterp.callbacks import InterruptAt
 from langinterp.cli import run as cli
+from langinterp.interrupts import InterruptAt
 from langinterp.recipe import load_recipe
 from langinterp.runs import find_run, list_runs
 from langinterp.sweep import Sweep, SweepInterrupted, Trial, run_sweep, start_sweep

@@ -15,10 +15,10 @@ import torch
 from conftest import assert_same_training_state, checkpoint_payload, word_text
 
 from langinterp import training
-from langinterp.callbacks import InterruptAt
 from langinterp.cli import run as cli
 from langinterp.data import WindowDataset, dataset_kind
 from langinterp.errors import UsageError
+from langinterp.interrupts import InterruptAt
 from langinterp.models import build_model, registered_types
 from langinterp.recipe import Recipe, load_recipe, resolve
 from langinterp.runs import find_run, list_runs, load_checkpoint
