@@ -4,8 +4,8 @@ A KeyboardInterrupt raised wherever Python happens to be can land inside an opti
 weights updated and the step uncounted: the checkpoint saved then resumes into a state no uninterrupted
 run passes through. Under DDP it is worse: the processes stop at different batches, and one waits forever
 in a collective the others never join. `StopBetweenBatches` turns the first Ctrl-C into a request that
-takes effect as a training or validation batch is about to start, on every rank at the same batch; a
-second Ctrl-C acts at once. `rewind_to_last_step` makes the checkpoint saved then exact when gradients are
+takes effect as a batch is about to start (under DDP a training batch, the same on every rank); a second
+Ctrl-C acts at once. `rewind_to_last_step` makes the checkpoint saved then exact when gradients are
 accumulated over several batches.
 """
 
@@ -53,9 +53,10 @@ class RankAgreement:
 class StopBetweenBatches(pl.Callback):
     """Makes the first Ctrl-C stop training as the next batch is about to start (see the module docstring).
 
-    In one process the stop comes at the next batch; under DDP at the batch after, on every rank, since the
-    ranks learn of a request through `RankAgreement`. The signal handler is installed from the main thread
-    only (Python allows no other); the ranks' agreement runs whatever the thread.
+    In one process the stop comes at the next training or validation batch; under DDP at the training batch
+    after the next, on every rank, since the ranks learn of a request through `RankAgreement`. The signal
+    handler is installed from the main thread only (Python allows no other); the ranks' agreement runs
+    whatever the thread.
     """
 
     def __init__(self) -> None:
@@ -89,7 +90,10 @@ class StopBetweenBatches(pl.Callback):
         self._stop_if_requested()
 
     def on_validation_batch_start(self, *args: Any) -> None:
-        self._stop_if_requested()
+        # Under DDP only training batches are checked: their count is the same on every rank by
+        # construction (the sampler pads), which the pairing of the ranks' reductions relies on.
+        if self.agreement is None:
+            self._stop_if_requested()
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.agreement is not None:
