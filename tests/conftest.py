@@ -316,17 +316,23 @@ def assert_same_training_state(left: Path, right: Path) -> None:
     assert a["lr_schedulers"] == b["lr_schedulers"]
 
 
+def child_environment(**extra: str) -> dict[str, str]:
+    """The environment of a `python -m langinterp` child process: this one's, less any rank or run of its
+    own, with this checkout (installed or not) first on the path, one thread, and `extra`."""
+    env = {
+        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
+    }
+    source = str(Path(langinterp.__file__).resolve().parent.parent)
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": source, **extra}
+
+
 def two_process_command(
     recipe: Path | None, audit: Path, *arguments: str, environment: dict[str, str] | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of `langinterp train [RECIPE] ARGUMENTS...` with DDP on 2 CPU
     processes (gloo), as a user would start it: Lightning re-launches the command as a child process. Each
     rank records what it trained in `audit`."""
-    env = {
-        key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
-    }
-    source = str(Path(langinterp.__file__).resolve().parent.parent)  # the checkout, installed or not
-    env.update({AUDIT_ENV: str(audit), "OMP_NUM_THREADS": "1", "PYTHONPATH": source, **(environment or {})})
+    env = child_environment(**{AUDIT_ENV: str(audit)}, **(environment or {}))
     command = [
         sys.executable, "-m", "langinterp", "train", *([str(recipe)] if recipe else []), *arguments,
         "--quiet", 'trainer.strategy="ddp"', "trainer.devices=2", 'trainer.accelerator="cpu"',

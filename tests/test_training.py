@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import assert_same_training_state, checkpoint_payload, word_text
+from conftest import assert_same_training_state, checkpoint_payload, child_environment, word_text
 
 from langinterp import training
 from langinterp.cli import run as cli
@@ -173,10 +172,10 @@ def test_ctrl_c_in_a_terminal_stops_the_command_with_a_resume_hint(
         f'[data]\nbooks = ["{small_text}"]\ncontext = 4\n[model]\nhidden = {{ width = 16 }}\n'
         "[trainer]\nmax_epochs = 10000\nbatch_size = 32\nsamples = 0\n"
     )
-    source = str(Path(training.__file__).resolve().parent.parent)  # the checkout, installed or not
     command = [sys.executable, "-m", "langinterp", "train", str(recipe), "--quiet", "--run-name", "ctrl"]
-    env = {**os.environ, "PYTHONPATH": source, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=child_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     last = langinterp_home / "runs" / "ctrl" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
