@@ -236,16 +236,44 @@ def test_kernel_results_do_not_depend_on_thread_count():
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("outputs", [32, 37])
+def test_kernel_results_do_not_depend_on_where_rows_start(outputs):
+    # The kernels use rows of a whole number of vectors in place only when they start on a 64-byte boundary;
+    # one float in, the same data goes through their padded copies.
+    n, s, step = 2, 16, 1
+    torch.manual_seed(0)
+    x = torch.rand(40, 6) * 2 - 1
+    weight = torch.randn(6, s + 1, outputs)
+
+    def shifted(tensor):
+        storage = torch.empty(tensor.numel() + 1)
+        moved = storage[1:].view_as(tensor)
+        moved.copy_(tensor)
+        return moved
+
+    grad = torch.randn(40, outputs)
+    for op, arguments in (
+        (layer_kernel.piecewise, (x, weight)),
+        (layer_kernel.piecewise_grad_weight, (x, grad, weight)),
+        (layer_kernel.piecewise_grad_input, (x, grad, weight)),
+    ):
+        aligned = op(*arguments, n, s, step)
+        assert torch.equal(op(*map(shifted, arguments), n, s, step), aligned)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize(
     ("kind", "n", "s"), [("continuous", 2, 16), ("discontinuous", 3, 5), ("continuous", 7, 4)]
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype):
-    # 37 outputs: full vectors plus a shifted tail in both dtypes; n = 7 takes the kernels' run-time-n code;
-    # 53 rows give buckets of every size, some empty, and odd counts for the multi-sample dL/dx loop.
-    layer = make(kind, n, s, inputs=6, outputs=37, path="kernel", dtype=dtype, initialization="uniform")
+@pytest.mark.parametrize("outputs", [5, 32, 37])
+def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype, outputs):
+    # Outputs: fewer than one vector, whole vectors (rows used in place), whole vectors plus a part (rows
+    # padded); n = 7 takes the kernels' run-time-n code; 53 rows give buckets of every size, some empty,
+    # and odd counts for the multi-sample dL/dx loop.
+    layer = make(kind, n, s, inputs=6, outputs=outputs, path="kernel", dtype=dtype, initialization="uniform")
     x = (torch.rand(53, 6, dtype=dtype) * 2.2 - 1.1).requires_grad_()
-    weights = torch.randn(53, 37, dtype=dtype)
+    weights = torch.randn(53, outputs, dtype=dtype)
     results = []
     for path in ("kernel", "gather"):
         layer.path = path

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 
 namespace {
@@ -117,44 +118,111 @@ struct Vec {
     static constexpr int width = Bytes / sizeof(T);
 };
 
-// A block of output columns held in NV registers: it computes [c0, c0 + NV*width) and keeps only the
-// columns from `keep` on. The last block of a row is shifted left to end at O (overlapping the one before)
-// rather than shrunk, so every block runs at full vector width and no column is done in scalar code.
-struct Block {
-    int c0, keep, nv;
-};
+// Rows of y and dL/dy whose width is not a whole number of vectors (250 floats) start anywhere in a cache
+// line, so most vector loads straddle two lines: measured 1.1-1.8x slower per pass than 256 outputs. The
+// kernels therefore work on scratch copies whose rows are padded with zeros to whole vectors (`ld` columns)
+// and start on 64-byte boundaries; a tensor that already has that layout is used in place.
+template <typename T>
+inline int padded_width(int O) {
+    constexpr int VL = Vec<T, 64>::width;
+    return (O + VL - 1) / VL * VL;
+}
 
-// Per vector of a block, all-ones in the lanes it keeps and zero in those that belong to the block before:
-// ANDed with a vector, it zeroes the lanes another block owns, without a scalar loop.
-template <typename T, int NV>
-struct KeepMask {
-    typedef typename Vec<T, 64>::type V;
-    typedef decltype(V{} < V{}) M;
-    M lanes[NV];
-    explicit KeepMask(Block b) {
-        constexpr int VL = Vec<T, 64>::width;
-        for (int v = 0; v < NV; ++v)
-            for (int l = 0; l < VL; ++l) lanes[v][l] = b.c0 + v * VL + l < b.keep ? 0 : -1;
-    }
-    V apply(int v, V x) const { return reinterpret_cast<V>(reinterpret_cast<M>(x) & lanes[v]); }
+struct FreeAligned {
+    void operator()(void* p) const { std::free(p); }
 };
 
 template <typename T>
-int plan_blocks(int O, Block* blocks, int widest = 8) {
-    constexpr int VL = Vec<T, 64>::width;
-    int count = 0, c = 0;
-    while (c < O) {
-        const int remaining = O - c;
-        if (remaining >= widest * VL) {
-            blocks[count++] = {c, c, widest};
-            c += widest * VL;
-            continue;
+using Aligned = std::unique_ptr<T[], FreeAligned>;
+
+// `count` elements starting on a 64-byte boundary.
+template <typename T>
+Aligned<T> aligned_scratch(int64_t count) {
+    const size_t bytes = (size_t(count) * sizeof(T) + 63) / 64 * 64;
+    return Aligned<T>(static_cast<T*>(std::aligned_alloc(64, bytes > 0 ? bytes : 64)));
+}
+
+// Whether rows of O elements from `data` on are whole vectors starting on 64-byte boundaries.
+template <typename T>
+inline bool aligned_rows(const T* data, int O) {
+    return O == padded_width<T>(O) && reinterpret_cast<uintptr_t>(data) % 64 == 0;
+}
+
+// A [count, ld] matrix standing for `data` [count, O]: `data` itself when its rows are aligned, else an
+// aligned scratch matrix (which the caller fills or reads back with pad_rows / unpad_rows).
+template <typename T>
+struct Padded {
+    Aligned<T> scratch;
+    T* rows;
+    Padded(T* data, int64_t count, int O) : rows(data) {
+        if (!aligned_rows(data, O)) {
+            scratch = aligned_scratch<T>(count * padded_width<T>(O));
+            rows = scratch.get();
         }
-        int nv = 1;
-        while (nv * VL < remaining) nv *= 2;
-        if (nv * VL > O) nv = 0;  // narrower than one vector: scalar
-        blocks[count++] = {nv ? O - nv * VL : c, c, nv};
-        c = O;
+    }
+    bool copied() const { return scratch != nullptr; }
+};
+
+// Rows r0..r1 of src [rows, O] into dst [rows, ld], zeros in the padding; and back.
+template <typename T>
+void pad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
+    for (int64_t r = r0; r < r1; ++r) {
+        for (int c = 0; c < O; ++c) dst[r * ld + c] = src[r * O + c];
+        for (int c = O; c < ld; ++c) dst[r * ld + c] = 0;
+    }
+}
+
+template <typename T>
+void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
+    for (int64_t r = r0; r < r1; ++r)
+        for (int c = 0; c < O; ++c) dst[r * O + c] = src[r * ld + c];
+}
+
+// The first `valid` lanes at p (all of them when valid >= the width), zero elsewhere; reads nothing past
+// them, so the last row of a weight table is safe. And the matching add into memory.
+// (The lanes go through a plain array: indexing the vector itself makes GCC keep every vector of the caller
+// in memory.)
+template <typename T>
+inline typename Vec<T, 64>::type load_part(const T* p, int valid) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    if (valid >= VL) return *reinterpret_cast<const V*>(p);
+    T lanes[VL] = {};
+    for (int l = 0; l < valid; ++l) lanes[l] = p[l];
+    V v;
+    __builtin_memcpy(&v, lanes, sizeof v);
+    return v;
+}
+
+template <typename T>
+inline void add_part(T* p, typename Vec<T, 64>::type v, int valid) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    if (valid >= VL) {
+        *reinterpret_cast<V*>(p) += v;
+        return;
+    }
+    T lanes[VL];
+    __builtin_memcpy(lanes, &v, sizeof lanes);
+    for (int l = 0; l < valid; ++l) p[l] += lanes[l];
+}
+
+// A block of nv vectors of output columns [c0, c0 + nv * width) held in registers; weight rows have only
+// O columns, so the block's last vector may be partly padding.
+struct Block {
+    int c0, nv;
+};
+
+// Blocks of `widest` vectors (a power of two) over the ld padded columns, then halving for the rest.
+template <typename T>
+int plan_blocks(int ld, Block* blocks, int widest) {
+    constexpr int VL = Vec<T, 64>::width;
+    int count = 0;
+    for (int c = 0; c < ld;) {
+        int nv = widest;
+        while (nv * VL > ld - c) nv /= 2;
+        blocks[count++] = {c, nv};
+        c += nv * VL;
     }
     return count;
 }
@@ -199,12 +267,12 @@ struct Buckets {
 // j of input i. The n accumulator rows stay in registers while the bucket's dy rows stream past, so each
 // loaded vector of dy feeds n multiply-adds and each row of dW is written once per bucket, not per sample.
 template <typename T, int N, int NV>
-void grad_weight_block(const Buckets<T>& bk, const T* dy, int O, Block b, int n_rt, int s, int stride,
+void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n_rt, int s, int stride,
                        T* dW_i) {
     typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
     const int n = N > 0 ? N : n_rt;
-    const KeepMask<T, NV> keep(b);
     for (int j = 0; j < s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
         if (p0 == p1) continue;
@@ -212,7 +280,7 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int O, Block b, int n_
         for (int k = 0; k < n; ++k)
             for (int v = 0; v < NV; ++v) acc[k][v] = V{};
         for (int64_t p = p0; p < p1; ++p) {
-            const V* g = reinterpret_cast<const V*>(dy + bk.sample[p] * O + b.c0);
+            const V* g = reinterpret_cast<const V*>(dy + bk.sample[p] * ld + b.c0);
             V gv[NV];
             for (int v = 0; v < NV; ++v) gv[v] = g[v];
             for (int k = 0; k < n; ++k) {
@@ -220,27 +288,24 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int O, Block b, int n_
                 for (int v = 0; v < NV; ++v) acc[k][v] += ph * gv[v];
             }
         }
+        // Unrolled, so that acc stays in registers (a loop indexing it would keep it in memory).
+#pragma GCC unroll 32
         for (int k = 0; k < n; ++k) {
-            V* o = reinterpret_cast<V*>(dW_i + int64_t(j * stride + k) * O + b.c0);
-            for (int v = 0; v < NV; ++v) o[v] += keep.apply(v, acc[k][v]);
+            T* row = dW_i + int64_t(j * stride + k) * O + b.c0;
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) add_part<T>(row + v * VL, acc[k][v], O - b.c0 - v * VL);
         }
     }
 }
 
 template <typename T, int N>
-void grad_weight_any(const Buckets<T>& bk, const T* dy, int O, Block b, int n, int s, int stride,
+void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n, int s, int stride,
                      T* dW_i) {
     switch (b.nv) {
-        case 8: grad_weight_block<T, N, 8>(bk, dy, O, b, n, s, stride, dW_i); return;
-        case 4: grad_weight_block<T, N, 4>(bk, dy, O, b, n, s, stride, dW_i); return;
-        case 2: grad_weight_block<T, N, 2>(bk, dy, O, b, n, s, stride, dW_i); return;
-        case 1: grad_weight_block<T, N, 1>(bk, dy, O, b, n, s, stride, dW_i); return;
-        default:  // fewer columns than one vector
-            for (int j = 0; j < s; ++j)
-                for (int64_t p = bk.start[j]; p < bk.start[j + 1]; ++p)
-                    for (int k = 0; k < n; ++k)
-                        for (int c = b.keep; c < O; ++c)
-                            dW_i[int64_t(j * stride + k) * O + c] += bk.sorted[p * n + k] * dy[bk.sample[p] * O + c];
+        case 8: grad_weight_block<T, N, 8>(bk, dy, ld, O, b, n, s, stride, dW_i); return;
+        case 4: grad_weight_block<T, N, 4>(bk, dy, ld, O, b, n, s, stride, dW_i); return;
+        case 2: grad_weight_block<T, N, 2>(bk, dy, ld, O, b, n, s, stride, dW_i); return;
+        default: grad_weight_block<T, N, 1>(bk, dy, ld, O, b, n, s, stride, dW_i);
     }
 }
 
@@ -252,48 +317,54 @@ inline int max_vectors(int n) { return n <= 2 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 :
 template <typename T>
 void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
-    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
-    const int count = plan_blocks<T>(O, blocks.get(), max_vectors(n));
+    const int ld = padded_width<T>(O);
+    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
+    const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
+    Padded<T> g(const_cast<T*>(dy), rows, O);
 #pragma omp parallel
     {
+        if (g.copied()) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
+        }
         Buckets<T> bk(rows, n, s, stride);
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < I; ++i) {
             bk.fill(basis, xt + int64_t(i) * rows, false);
             T* dW_i = dW + int64_t(i) * K * O;
             for (int bi = 0; bi < count; ++bi) switch (n) {
-                    case 1: grad_weight_any<T, 1>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 2: grad_weight_any<T, 2>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 3: grad_weight_any<T, 3>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 4: grad_weight_any<T, 4>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 5: grad_weight_any<T, 5>(bk, dy, O, blocks[bi], n, s, stride, dW_i); break;
-                    default: grad_weight_any<T, 0>(bk, dy, O, blocks[bi], n, s, stride, dW_i);
+                    case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
+                    case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
+                    default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i);
                 }
         }
     }
 }
 
 // y[rows of the buckets, block] += sum_k phi_k W[i, j * stride + k, block] for every segment j of input i:
-// the bucket's n weight rows stay in registers while its samples' rows of y stream past. Lanes of an
-// overlapping block that belong to the block before are given zero weights, so they receive + 0.
+// the bucket's n weight rows stay in registers while its samples' rows of y stream past. Every row is in
+// one bucket, so for the first input (`first`) the sum starts from zero and y need not be zeroed before.
 template <typename T, int N, int NV>
-void forward_block(const Buckets<T>& bk, const T* W_i, int O, Block b, int n_rt, T* y) {
+void forward_block(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int n_rt, bool first, T* y) {
     typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
     const int n = N > 0 ? N : n_rt;
-    const KeepMask<T, NV> keep(b);
     for (int j = 0; j < bk.s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
         if (p0 == p1) continue;
         V w[NA][NV];
         for (int k = 0; k < n; ++k) {
-            const V* row = reinterpret_cast<const V*>(W_i + int64_t(j * bk.stride + k) * O + b.c0);
-            for (int v = 0; v < NV; ++v) w[k][v] = keep.apply(v, row[v]);
+            const T* row = W_i + int64_t(j * bk.stride + k) * O + b.c0;
+            for (int v = 0; v < NV; ++v) w[k][v] = load_part<T>(row + v * VL, O - b.c0 - v * VL);
         }
         for (int64_t p = p0; p < p1; ++p) {
-            V* out = reinterpret_cast<V*>(y + bk.sample[p] * O + b.c0);
+            V* out = reinterpret_cast<V*>(y + bk.sample[p] * ld + b.c0);
             V acc[NV];
-            for (int v = 0; v < NV; ++v) acc[v] = out[v];
+            for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : out[v];
             for (int k = 0; k < n; ++k) {
                 const T ph = bk.sorted[p * n + k];
                 for (int v = 0; v < NV; ++v) acc[v] += ph * w[k][v];
@@ -304,18 +375,12 @@ void forward_block(const Buckets<T>& bk, const T* W_i, int O, Block b, int n_rt,
 }
 
 template <typename T, int N>
-void forward_any(const Buckets<T>& bk, const T* W_i, int O, Block b, int n, T* y) {
+void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int n, bool first, T* y) {
     switch (b.nv) {
-        case 8: forward_block<T, N, 8>(bk, W_i, O, b, n, y); return;
-        case 4: forward_block<T, N, 4>(bk, W_i, O, b, n, y); return;
-        case 2: forward_block<T, N, 2>(bk, W_i, O, b, n, y); return;
-        case 1: forward_block<T, N, 1>(bk, W_i, O, b, n, y); return;
-        default:
-            for (int j = 0; j < bk.s; ++j)
-                for (int64_t p = bk.start[j]; p < bk.start[j + 1]; ++p)
-                    for (int k = 0; k < n; ++k)
-                        for (int c = b.keep; c < O; ++c)
-                            y[bk.sample[p] * O + c] += bk.sorted[p * n + k] * W_i[int64_t(j * bk.stride + k) * O + c];
+        case 8: forward_block<T, N, 8>(bk, W_i, O, ld, b, n, first, y); return;
+        case 4: forward_block<T, N, 4>(bk, W_i, O, ld, b, n, first, y); return;
+        case 2: forward_block<T, N, 2>(bk, W_i, O, ld, b, n, first, y); return;
+        default: forward_block<T, N, 1>(bk, W_i, O, ld, b, n, first, y);
     }
 }
 
@@ -324,28 +389,30 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, Block b, int n, T* y
 template <typename T>
 void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
-    std::unique_ptr<Block[]> blocks(new Block[O / Vec<T, 64>::width + 2]);
-    const int count = plan_blocks<T>(O, blocks.get(), max_vectors(n));
+    const int ld = padded_width<T>(O);
+    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
+    const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
+    Padded<T> out(y, rows, O);
 #pragma omp parallel
     {
         const int threads = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
         if (r1 > r0) {
-            for (int64_t c = r0 * O; c < r1 * O; ++c) y[c] = 0;
             Buckets<T> bk(r1 - r0, n, s, stride);
-            T* yr = y + r0 * O;
+            T* yr = out.rows + r0 * ld;
             for (int i = 0; i < I; ++i) {
                 bk.fill(basis, xt + int64_t(i) * rows + r0, false);
                 const T* W_i = W + int64_t(i) * K * O;
                 for (int bi = 0; bi < count; ++bi) switch (n) {
-                        case 1: forward_any<T, 1>(bk, W_i, O, blocks[bi], n, yr); break;
-                        case 2: forward_any<T, 2>(bk, W_i, O, blocks[bi], n, yr); break;
-                        case 3: forward_any<T, 3>(bk, W_i, O, blocks[bi], n, yr); break;
-                        case 4: forward_any<T, 4>(bk, W_i, O, blocks[bi], n, yr); break;
-                        case 5: forward_any<T, 5>(bk, W_i, O, blocks[bi], n, yr); break;
-                        default: forward_any<T, 0>(bk, W_i, O, blocks[bi], n, yr);
+                        case 1: forward_any<T, 1>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                        case 2: forward_any<T, 2>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                        case 3: forward_any<T, 3>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                        case 4: forward_any<T, 4>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                        case 5: forward_any<T, 5>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                        default: forward_any<T, 0>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr);
                     }
             }
+            if (out.copied()) unpad_rows(out.rows, y, r0, r1, O, ld);
         }
     }
 }
@@ -369,52 +436,29 @@ inline T hsum(typename Vec<T, 64>::type v) {
 }
 
 // dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r. The bucket's n weight
-// rows stay in L1 while its dy rows stream past. Columns past the last full vector are covered by one vector ending at O whose
-// already-counted lanes `tail_mask` zeroes; with fewer columns than one vector, plain scalar code.
+// rows w [n, ld] (padded like dy) stay in L1 while its dy rows stream past.
 template <typename T, int N>
-void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int O,
-                       int n_rt, typename Vec<T, 64>::type tail_mask, T* dxT) {
+void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int ld, int n_rt,
+                       T* dxT) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
     const int n = N > 0 ? N : n_rt;
-    const int full = O / VL * VL;
-    if (O < VL) {
-        for (int64_t p = p0; p < p1; ++p) {
-            const T* g = dy + bk.sample[p] * O;
-            T dx = 0;
-            for (int k = 0; k < n; ++k) {
-                T dot = 0;
-                for (int c = 0; c < O; ++c) dot += w[int64_t(k) * O + c] * g[c];
-                dx += bk.sorted[p * n + k] * dot;
-            }
-            dxT[bk.sample[p]] = dx;
-        }
-        return;
-    }
     // U samples at a time: U * n independent accumulators (at least 8) hide the multiply-add latency, and
     // each loaded weight vector serves U samples.
     constexpr int U = N == 1 ? 8 : (N == 2 ? 4 : 2);
     for (int64_t p = p0; p < p1; p += U) {
         const int m = p1 - p < U ? int(p1 - p) : U;
         const T* g[U];
-        for (int u = 0; u < U; ++u) g[u] = dy + bk.sample[p + (u < m ? u : 0)] * O;
+        for (int u = 0; u < U; ++u) g[u] = dy + bk.sample[p + (u < m ? u : 0)] * ld;
         V acc[U][NA];
         for (int u = 0; u < U; ++u)
             for (int k = 0; k < n; ++k) acc[u][k] = V{};
-        for (int c = 0; c < full; c += VL) {
+        for (int c = 0; c < ld; c += VL) {
             V gv[U];
             for (int u = 0; u < U; ++u) gv[u] = *reinterpret_cast<const V*>(g[u] + c);
             for (int k = 0; k < n; ++k) {
-                const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * O + c);
-                for (int u = 0; u < U; ++u) acc[u][k] += wk * gv[u];
-            }
-        }
-        if (full < O) {
-            V gv[U];
-            for (int u = 0; u < U; ++u) gv[u] = *reinterpret_cast<const V*>(g[u] + O - VL) * tail_mask;
-            for (int k = 0; k < n; ++k) {
-                const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * O + O - VL);
+                const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * ld + c);
                 for (int u = 0; u < U; ++u) acc[u][k] += wk * gv[u];
             }
         }
@@ -433,25 +477,38 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     const Basis<T> basis(n);
-    V tail_mask;
-    for (int l = 0; l < VL; ++l) tail_mask[l] = O - VL + l < O / VL * VL ? T(0) : T(1);
+    const int ld = padded_width<T>(O);
+    Padded<T> g(const_cast<T*>(dy), rows, O);
 #pragma omp parallel
     {
+        if (g.copied()) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
+        }
         Buckets<T> bk(rows, n, s, stride);
+        // One bucket's weight rows, padded, unless the table's rows are already whole aligned vectors.
+        const Aligned<T> copy = aligned_rows(W, O) ? nullptr : aligned_scratch<T>(int64_t(n) * ld);
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < I; ++i) {
             bk.fill(basis, xt + int64_t(i) * rows, true);
             T* out = dxT + int64_t(i) * rows;
             for (int j = 0; j < s; ++j) {
                 const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
+                if (p0 == p1) continue;
                 const T* w = W + (int64_t(i) * K + int64_t(j) * stride) * O;
+                if (copy) {
+                    for (int k = 0; k < n; ++k)
+                        for (int c = 0; c < ld; c += VL)
+                            *reinterpret_cast<V*>(copy.get() + k * ld + c) = load_part<T>(w + k * O + c, O - c);
+                    w = copy.get();
+                }
                 switch (n) {
-                    case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
-                    case 2: grad_input_bucket<T, 2>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
-                    case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
-                    case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
-                    case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, dy, O, n, tail_mask, out); break;
-                    default: grad_input_bucket<T, 0>(bk, p0, p1, w, dy, O, n, tail_mask, out);
+                    case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, g.rows, ld, n, out); break;
+                    case 2: grad_input_bucket<T, 2>(bk, p0, p1, w, g.rows, ld, n, out); break;
+                    case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, g.rows, ld, n, out); break;
+                    case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, g.rows, ld, n, out); break;
+                    case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, g.rows, ld, n, out); break;
+                    default: grad_input_bucket<T, 0>(bk, p0, p1, w, g.rows, ld, n, out);
                 }
             }
         }
