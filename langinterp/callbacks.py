@@ -22,6 +22,7 @@ from langinterp.recipe import Recipe
 from langinterp.runs import RunDir
 from langinterp.sampling import SamplingOptions, generate
 from langinterp.shuffle import EpochShuffle, batch_seed, epoch_seed
+from langinterp.step_limit import cut_short, whole_epochs
 from langinterp.text import decode
 
 
@@ -73,7 +74,7 @@ class RunRecorder(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             self.run.update_info(
-                epochs=trainer.current_epoch + 1,
+                epochs=whole_epochs(trainer),
                 steps=trainer.global_step,
                 best_valid_bpc=self.best_valid_bpc(),
             )
@@ -116,10 +117,13 @@ class Samples(pl.Callback):
             return
         prompt = decode(order.dataset[first][0].reshape(-1))
         parts = [self.run.samples_path.read_text(encoding="utf-8")] if self.run.samples_path.is_file() else []
+        # An epoch that max_steps cut short gets its samples now and again when a resumed run ends it.
+        stop = f" (stopped at step {trainer.global_step})" if cut_short(trainer) else ""
         for index in range(self.count):
             seed = epoch_seed(self.seed, epoch) + index
             text = "".join(generate(pl_module.model, prompt, self.chars, SamplingOptions(), seed=seed))
-            parts.append(f"--- epoch {epoch + 1}, sample {index + 1}, seed {seed} ---\n{prompt}|{text}\n")
+            heading = f"--- epoch {epoch + 1}{stop}, sample {index + 1}, seed {seed} ---"
+            parts.append(f"{heading}\n{prompt}|{text}\n")
         atomic_write(self.run.samples_path, "".join(parts))
 
 

@@ -20,6 +20,7 @@ from langinterp.models import build_model
 from langinterp.optim import build_optimizer, build_scheduler
 from langinterp.recipe import Recipe
 from langinterp.runs import checkpoint_hyperparameters
+from langinterp.step_limit import cut_short
 from langinterp.text import VOCAB_SIZE
 
 LN2 = math.log(2.0)
@@ -113,7 +114,7 @@ class CharLM(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         value = self.trainer.callback_metrics.get(self._monitor)
-        if self._plateau is not None and value is not None:
+        if self._plateau is not None and value is not None and not cut_short(self.trainer):
             self._plateau.step(float(value))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ from langinterp.paths import atomic_write, runs_dir
 from langinterp.recipe import Recipe
 from langinterp.runs import RunDir, create_run, find_run, timestamped_name
 from langinterp.shuffle import epoch_shuffled
+from langinterp.step_limit import ResumableStepLimit, whole_epochs
 from langinterp.trainable import CharLM
 
 RUN_ENV = "LANGINTERP_RUN"
@@ -245,6 +246,7 @@ def _callbacks(run: RunDir, recipe: Recipe, quiet: bool, extra: Sequence[Callbac
         checkpoint,
         RunRecorder(run, checkpoint),
         StopBetweenBatches(),
+        ResumableStepLimit(),
     ]
     if recipe.data["kind"] == "sequence":
         callbacks.append(Samples(run, recipe))
@@ -338,7 +340,7 @@ def _finish(run: RunDir, trainer: pl.Trainer, datamodule: CharDataModule) -> Non
     info = run.info()
     run.update_info(
         status="finished",
-        epochs=trainer.current_epoch,
+        epochs=whole_epochs(trainer),
         steps=trainer.global_step,
         best_valid_bpc=recorder.best_valid_bpc(),
         extra={**info.extra, "final": final, "fold": folds},
