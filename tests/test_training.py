@@ -125,18 +125,20 @@ def test_resume_after_ctrl_c_mid_epoch_trains_as_if_uninterrupted(small_text: Pa
     assert cut.samples_path.read_text() == whole.samples_path.read_text()
 
 
-def test_a_run_that_max_steps_stops_mid_epoch_resumes_that_epoch(small_text: Path) -> None:
-    per_epoch = train(tiny_recipe(small_text), run_name="epochs", quiet=True).info().steps // 2
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_run_that_max_steps_stops_mid_epoch_resumes_that_epoch(small_text: Path, accumulate: int) -> None:
+    steps = f"trainer.accumulate={accumulate}"
+    per_epoch = train(tiny_recipe(small_text, steps), run_name="epochs", quiet=True).info().steps // 2
     limit = f"trainer.max_steps={per_epoch + 2}"  # into the second epoch
-    whole = train(tiny_recipe(small_text, limit), run_name="whole", quiet=True)
-    short = train(tiny_recipe(small_text, "trainer.max_steps=3"), run_name="short", quiet=True)
+    whole = train(tiny_recipe(small_text, steps, limit), run_name="whole", quiet=True)
+    short = train(tiny_recipe(small_text, steps, "trainer.max_steps=3"), run_name="short", quiet=True)
     info = short.info()
     assert (info.status, info.steps, info.epochs) == ("finished", 3, 0)  # the first epoch is not done
     assert "--- epoch 1 (stopped at step 3), sample 1" in short.samples_path.read_text()
     assert checkpoint_payload(short.checkpoint("last"))["epoch"] == 0
     # The rest of the first epoch, then the second: the batches, the plateau scheduler and the weights of
     # the uninterrupted run (before, the resumed run skipped to the second epoch).
-    resumed = train(tiny_recipe(small_text, limit), resume="short", quiet=True)
+    resumed = train(tiny_recipe(small_text, steps, limit), resume="short", quiet=True)
     assert (resumed.info().steps, resumed.info().epochs) == (whole.info().steps, 1)
     assert_same_training_state(whole.checkpoint("last"), resumed.checkpoint("last"))
 
