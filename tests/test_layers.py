@@ -236,6 +236,17 @@ def test_kernel_results_do_not_depend_on_thread_count():
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("outputs", [5, 32, 37])
+def test_kernel_takes_an_empty_batch(outputs):
+    layer = make("continuous", 2, 16, inputs=6, outputs=outputs, path="kernel", dtype=torch.float32)
+    x = torch.rand(0, 6, requires_grad=True)
+    y = layer(x)
+    y.sum().backward()
+    assert y.shape == (0, outputs) and x.grad.shape == (0, 6)
+    assert torch.equal(layer.weight.grad, torch.zeros_like(layer.weight))
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize("outputs", [32, 37])
 def test_kernel_results_do_not_depend_on_where_rows_start(outputs):
     # The kernels use rows of a whole number of vectors in place only when they start on a 64-byte boundary;
