@@ -435,42 +435,46 @@ inline T hsum(typename Vec<T, 64>::type v) {
     return sum;
 }
 
-// dxT[r] = sum_k dphi_k(r) <W[i, j * stride + k], dy[r]> for bucket j's samples r. The bucket's n weight
-// rows w [n, ld] (padded like dy) stay in L1 while its dy rows stream past.
-template <typename T, int N>
-void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int ld, int n_rt,
-                       T* dxT) {
+// dxT[r] = sum_k c_k(r) <w_k, dy[r]> for bucket j's samples r, over the R rows w [R, ld] (padded like dy),
+// which stay in L1 while the bucket's dy rows stream past; c_k(r) = coef[p * cstride + k] for the sample at
+// position p. grad_input passes the bucket's weight rows and their basis derivatives.
+template <typename T, int R>
+void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int ld, int r_rt,
+                       const T* coef, int cstride, T* dxT) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
-    constexpr int NA = N > 0 ? N : kMaxN;
-    const int n = N > 0 ? N : n_rt;
-    // U samples at a time: U * n independent accumulators (at least 8) hide the multiply-add latency, and
+    constexpr int RA = R > 0 ? R : kMaxN;
+    const int rows = R > 0 ? R : r_rt;
+    // U samples at a time: U * R independent accumulators (at least 8) hide the multiply-add latency, and
     // each loaded weight vector serves U samples.
-    constexpr int U = N == 1 ? 8 : (N == 2 ? 4 : 2);
+    constexpr int U = R == 1 ? 8 : (R == 2 ? 4 : 2);
     for (int64_t p = p0; p < p1; p += U) {
         const int m = p1 - p < U ? int(p1 - p) : U;
         const T* g[U];
         for (int u = 0; u < U; ++u) g[u] = dy + bk.sample[p + (u < m ? u : 0)] * ld;
-        V acc[U][NA];
+        V acc[U][RA];
         for (int u = 0; u < U; ++u)
-            for (int k = 0; k < n; ++k) acc[u][k] = V{};
+            for (int k = 0; k < rows; ++k) acc[u][k] = V{};
         for (int c = 0; c < ld; c += VL) {
             V gv[U];
             for (int u = 0; u < U; ++u) gv[u] = *reinterpret_cast<const V*>(g[u] + c);
-            for (int k = 0; k < n; ++k) {
+            for (int k = 0; k < rows; ++k) {
                 const V wk = *reinterpret_cast<const V*>(w + int64_t(k) * ld + c);
                 for (int u = 0; u < U; ++u) acc[u][k] += wk * gv[u];
             }
         }
         for (int u = 0; u < m; ++u) {
             T dx = 0;
-            for (int k = 0; k < n; ++k) dx += bk.sorted[(p + u) * n + k] * hsum<T>(acc[u][k]);
+            for (int k = 0; k < rows; ++k) dx += coef[(p + u) * cstride + k] * hsum<T>(acc[u][k]);
             dxT[bk.sample[p + u]] = dx;
         }
     }
 }
 
-// dL/dx, input by input (threads own inputs) into dxT [I, rows], then transposed into dx [rows, I].
+// dL/dx, input by input (threads own inputs) into dxT [I, rows], then transposed into dx [rows, I]: for the
+// samples of bucket j, dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are
+// opposite (nodes -1 and 1: dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the
+// difference of the two rows, times dphi_1, replaces two: half the multiply-adds and weight loads.
 template <typename T>
 void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
@@ -478,6 +482,8 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
     constexpr int VL = Vec<T, 64>::width;
     const Basis<T> basis(n);
     const int ld = padded_width<T>(O);
+    const bool difference = n == 2;
+    const int R = difference ? 1 : n;
     Padded<T> g(const_cast<T*>(dy), rows, O);
 #pragma omp parallel
     {
@@ -486,8 +492,11 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
         Buckets<T> bk(rows, n, s, stride);
-        // One bucket's weight rows, padded, unless the table's rows are already whole aligned vectors.
-        const Aligned<T> copy = aligned_rows(W, O) ? nullptr : aligned_scratch<T>(int64_t(n) * ld);
+        // The R rows one bucket uses, padded, unless they are the table's rows and those are already whole
+        // aligned vectors.
+        const bool in_place = !difference && aligned_rows(W, O);
+        const Aligned<T> copy = in_place ? nullptr : aligned_scratch<T>(int64_t(R) * ld);
+        const T* coef = bk.sorted.get() + (difference ? 1 : 0);
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < I; ++i) {
             bk.fill(basis, xt + int64_t(i) * rows, true);
@@ -496,19 +505,22 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
                 const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
                 if (p0 == p1) continue;
                 const T* w = W + (int64_t(i) * K + int64_t(j) * stride) * O;
-                if (copy) {
-                    for (int k = 0; k < n; ++k)
-                        for (int c = 0; c < ld; c += VL)
-                            *reinterpret_cast<V*>(copy.get() + k * ld + c) = load_part<T>(w + k * O + c, O - c);
+                if (!in_place) {
+                    for (int c = 0; c < ld; c += VL) {
+                        V* to = reinterpret_cast<V*>(copy.get() + c);
+                        if (difference)
+                            *to = load_part<T>(w + O + c, O - c) - load_part<T>(w + c, O - c);
+                        else
+                            for (int k = 0; k < n; ++k) to[k * ld / VL] = load_part<T>(w + k * O + c, O - c);
+                    }
                     w = copy.get();
                 }
-                switch (n) {
-                    case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, g.rows, ld, n, out); break;
-                    case 2: grad_input_bucket<T, 2>(bk, p0, p1, w, g.rows, ld, n, out); break;
-                    case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, g.rows, ld, n, out); break;
-                    case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, g.rows, ld, n, out); break;
-                    case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, g.rows, ld, n, out); break;
-                    default: grad_input_bucket<T, 0>(bk, p0, p1, w, g.rows, ld, n, out);
+                switch (R) {
+                    case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
+                    case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
+                    case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
+                    case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
+                    default: grad_input_bucket<T, 0>(bk, p0, p1, w, g.rows, ld, R, coef, n, out);
                 }
             }
         }
