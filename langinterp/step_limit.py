@@ -1,9 +1,9 @@
 """A run that `trainer.max_steps` stops in the middle of an epoch, kept resumable from that very batch.
 
-Lightning ends such a run as if the epoch were over: it validates, calls the epoch-end hooks, writes the
-epoch-end checkpoint and counts the epoch as done, so a resume with a larger max_steps would start the next
-epoch and never train the rest of this one. The validation, samples and checkpoint are worth having at the
-end of a run, so they stay; but the checkpoints written then record the epoch as still under way, in the
+Lightning ends such a run as if the epoch were over (without validating it): it calls the epoch-end hooks,
+writes the epoch-end checkpoint and counts the epoch as done, so a resume with a larger max_steps would
+start the next epoch and never train the rest of this one. The samples and checkpoint are worth having at
+the end of a run, so they stay; but the checkpoints written then record the epoch as still under way, in the
 form a Ctrl-C between batches leaves (interrupts.py), so that the sampler (shuffle.py) skips the batches
 already trained and the resumed run goes on as an uninterrupted run with the larger limit would. For the
 same reason the plateau scheduler is not stepped on that partial epoch (trainable.py), and the run counts
