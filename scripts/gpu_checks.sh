@@ -7,7 +7,8 @@
 # 1. The tests that skip without CUDA, and their neighbours: the layers' Triton kernels compiled for the GPU
 #    (tests/test_triton.py runs them in Triton's interpreter only where there is no GPU), the layers' CUDA
 #    and bf16-autocast cases, Mamba's scans on CUDA (mamba-ssm's kernel when it is installed).
-# 2. `langinterp train recipes/mamba.toml` on CUDA, unchanged but for a local book and a few steps.
+# 2. `langinterp train recipes/mamba.toml` on CUDA, unchanged but for a local book and a few steps; when
+#    mamba-ssm is installed, a second time with its import blocked (the pure-PyTorch scan on CUDA).
 # 3. benchmarks/layers.py --device cuda --quick: the layers' Triton path against cuBLAS.
 # Logs and the benchmark's JSON go to $OUT when it is set (the device tool's folder), else gpu-checks/.
 #
@@ -40,6 +41,12 @@ timeout 420 "$python" -m pytest -q -p no:cacheprovider tests/test_triton.py test
 
 timeout 150 "$python" -m langinterp train recipes/mamba.toml 'data.books=["README.md"]' trainer.max_steps=40 \
     --run-name gpu-mamba --quiet 2>&1 | tee "$out/train_mamba.log" || status=1
+
+if "$python" -c "import mamba_ssm" 2>/dev/null; then
+    timeout 150 "$python" -c 'import runpy, sys; sys.modules["mamba_ssm"] = None; runpy.run_module("langinterp", run_name="__main__")' \
+        train recipes/mamba.toml 'data.books=["README.md"]' trainer.max_steps=40 --run-name gpu-mamba-without-ssm \
+        --quiet 2>&1 | tee "$out/train_mamba_without_ssm.log" || status=1
+fi
 
 timeout 240 "$python" benchmarks/layers.py --device cuda --quick --out "$out/layers_cuda.json" 2>&1 \
     | tee "$out/layers_cuda.log" || status=1
