@@ -247,6 +247,19 @@ def test_kernel_takes_an_empty_batch(outputs):
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_kernel_weight_gradient_overwrites_its_buffer():
+    # The kernel zeroes dL/dW itself (the op hands it uninitialised memory): a buffer full of NaN must come
+    # back as the gradient, with zeros where no sample fell (3 rows over 16 segments leave most empty).
+    torch.manual_seed(0)
+    x, weight, grad = torch.rand(3, 4) * 2 - 1, torch.randn(4, 17, 37), torch.randn(3, 37)
+    result = torch.full_like(weight, float("nan"))
+    layer_kernel._call("grad_weight", [x, grad, result], x, weight, 2, 16, 1)
+    expected = torch.zeros_like(weight)
+    layer_kernel._call("grad_weight", [x, grad, expected], x, weight, 2, 16, 1)
+    assert torch.equal(result, expected) and (expected == 0).float().mean() > 0.5
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize("outputs", [32, 37])
 def test_kernel_results_do_not_depend_on_where_rows_start(outputs):
     # The kernels use rows of a whole number of vectors in place only when they start on a 64-byte boundary;

@@ -313,7 +313,7 @@ void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, 
 inline int max_vectors(int n) { return n <= 2 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 : 1)); }
 
 // dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
-// on the number of threads.
+// on the number of threads. Each slice is zeroed just before its sums go in, so dW need not be zeroed first.
 template <typename T>
 void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
@@ -332,6 +332,7 @@ void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, in
         for (int i = 0; i < I; ++i) {
             bk.fill(basis, xt + int64_t(i) * rows, false);
             T* dW_i = dW + int64_t(i) * K * O;
+            for (int64_t c = 0; c < int64_t(K) * O; ++c) dW_i[c] = 0;  // while it is about to be in cache
             for (int bi = 0; bi < count; ++bi) switch (n) {
                     case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
                     case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
