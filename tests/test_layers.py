@@ -15,6 +15,7 @@ from langinterp.layers import (
     refine,
 )
 from langinterp.layers import kernel as layer_kernel
+from langinterp.layers.basis import stride, weights_per_link
 
 # "pure" is the dense path without the compiled kernel (its basis built by PyTorch operations), as on a
 # machine without a compiler, on CUDA or in bf16.
@@ -290,14 +291,16 @@ def test_kernel_results_do_not_depend_on_where_rows_start(outputs):
     ("kind", "n", "s"), [("continuous", 2, 16), ("discontinuous", 3, 5), ("continuous", 7, 4)]
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("outputs", [5, 32, 37])
-def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype, outputs):
+@pytest.mark.parametrize("outputs", [5, 32, 37, 83])
+@pytest.mark.parametrize("rows", [9, 53])
+def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype, outputs, rows):
     # Outputs: fewer than one vector, whole vectors (rows used in place), whole vectors plus a part (rows
-    # padded); n = 7 takes the kernels' run-time-n code; 53 rows give buckets of every size, some empty,
-    # and odd counts for the multi-sample dL/dx loop.
+    # padded), and 83 (blocks of two widths in the tiled passes); n = 7 takes the kernels' run-time-n code.
+    # 9 rows take the bucketed passes, 53 the tiled ones (at least a table's K rows per input): buckets of
+    # every size, some empty, odd counts for the multi-sample loops and a part-filled last group of rows.
     layer = make(kind, n, s, inputs=6, outputs=outputs, path="kernel", dtype=dtype, initialization="uniform")
-    x = (torch.rand(53, 6, dtype=dtype) * 2.2 - 1.1).requires_grad_()
-    weights = torch.randn(53, outputs, dtype=dtype)
+    x = (torch.rand(rows, 6, dtype=dtype) * 2.2 - 1.1).requires_grad_()
+    weights = torch.randn(rows, outputs, dtype=dtype)
     results = []
     for path in ("kernel", "gather"):
         layer.path = path
@@ -309,6 +312,26 @@ def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n
     tolerance = 1e-10 if dtype == torch.float64 else 1e-4
     for ours, expected in zip(*results, strict=True):
         assert relative_error(ours, expected) <= tolerance
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("kind", "n", "s", "inputs"),
+    [("continuous", 2, 8, 37), ("discontinuous", 3, 4, 5), ("discontinuous", 1, 16, 19)],
+)
+def test_tiled_forward_adds_the_same_products_in_the_same_order_as_the_bucketed_one(
+    kind, n, s, inputs, dtype
+):
+    # A batch of at least K rows takes the tiled forward pass, one row the bucketed one: the same sums, bit
+    # for bit. 37 inputs are more than one slice of inputs and not a whole number of them.
+    torch.manual_seed(0)
+    K, step = weights_per_link(kind, n, s), stride(kind, n)
+    x = torch.rand(70, inputs, dtype=dtype) * 2.2 - 1.1
+    weight = torch.randn(inputs, K, 83, dtype=dtype)
+    batch = layer_kernel.piecewise(x, weight, n, s, step)
+    one_by_one = torch.cat([layer_kernel.piecewise(row, weight, n, s, step) for row in x.split(1)])
+    assert torch.equal(batch, one_by_one)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -3,14 +3,16 @@
 // A layer with I inputs, O outputs, n nodes per segment and s segments keeps its weights as a table
 // W[I*K, O] (row i*K + node). For every sample r and input i only n rows are active: those of the segment
 // that holds x[r, i]. Each entry point makes one pass over the active rows, so time and memory are those of
-// a dense Linear(I*n -> O) whatever the number of segments. No torch headers: the file compiles in about
-// two seconds and is called through ctypes.
+// a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table once per
+// call, but only for batches of at least K rows, where that costs less than a Linear(I -> O) pass). No
+// torch headers: the file compiles in about two seconds and is called through ctypes.
 #include <omp.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <type_traits>
 
 namespace {
 
@@ -385,34 +387,196 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int
     }
 }
 
+// Tiled passes, for batches (forward and dL/dx). The bucketed passes below read and write a whole output row,
+// or read a row of dL/dy, per sample and input, in bucket order, from L2: at training batch sizes that
+// traffic, not the arithmetic, sets their time. The tiled passes hold a slice of the weight table in L1
+// instead: a few inputs' K rows over one block of output columns, copied once per call (per thread) into
+// an aligned, zero-padded scratch slice. The thread's samples then stream past it in order, each picking
+// its rows of the slice by segment: a sample's block of y stays in registers across the slice's inputs
+// (forward), its block of dL/dy is read once for all of them (dL/dx). Copying the slices reads the whole
+// table, so small batches keep the bucketed passes: below about as many rows as the table has per input
+// (K), the copying costs more than the tiles save (measured with K = 17, 33 and 129).
+inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
+
+// Threads for a tiled pass: at least K rows each, so that no thread copies the whole table for a few rows.
+inline int tiled_team(int64_t rows, int K) {
+    const int64_t most = rows / (K > 0 ? K : 1);
+    const int threads = omp_get_max_threads();
+    return int(most < 1 ? 1 : (most < threads ? most : threads));
+}
+
+// A slice is `inputs` inputs of K rows of nv vectors, within about 36 KiB, so that L1 (48 KiB on the
+// development CPU) holds it beside the streamed rows. Wider blocks mean fewer passes over the samples,
+// more inputs fewer reads and writes of each output block; `widest` is the widest block tried. For the
+// forward pass this choice measured within 6% of the best of every shape tried, at K = 17, 33 and 129.
+struct Tiling {
+    int nv, inputs;
+};
+
+template <typename T>
+Tiling plan_tiling(int K, int ld, int widest, int64_t budget = 36 * 1024) {
+    constexpr int VL = Vec<T, 64>::width;
+    constexpr int64_t most = 16;
+    int nv = widest;
+    while (nv > 1 && (nv * VL > ld || budget / (int64_t(K) * nv * 64) < 2)) nv /= 2;
+    const int64_t inputs = budget / (int64_t(K) * nv * 64);
+    return {nv, int(inputs < 1 ? 1 : (inputs < most ? inputs : most))};
+}
+
+// Inputs i0 .. i0 + count of the thread's rows r0 .. r0 + rows, located: where each sample's first row
+// starts in a slice of K rows per input and `pitch` elements per row, first[e * rows + r] =
+// (e * K + j * stride) * pitch, and its basis values or their derivatives, coef[(e * n + k) * rows + r].
+template <typename T>
+struct Columns {
+    int64_t rows;
+    int n;
+    std::unique_ptr<T[]> t, scale, coef, spare;  // spare: the basis values, when derivatives are wanted
+    std::unique_ptr<int32_t[]> first, row_of;
+    Columns(int64_t rows_, int n_, int capacity)
+        : rows(rows_), n(n_), t(new T[rows_]), scale(new T[rows_]), coef(new T[capacity * n_ * rows_]),
+          spare(new T[n_ * rows_]), first(new int32_t[capacity * rows_]), row_of(new int32_t[n_ * rows_]) {}
+
+    void fill(const Basis<T>& b, const T* xt, int64_t all_rows, int64_t r0, int i0, int count, int s, int stride,
+              int K, int pitch, bool derivative) {
+        for (int e = 0; e < count; ++e) {
+            T* c = coef.get() + int64_t(e) * n * rows;
+            int32_t* at = first.get() + int64_t(e) * rows;
+            locate_row(b, xt + int64_t(i0 + e) * all_rows + r0, int(rows), s, stride, 0, t.get(), scale.get(), at,
+                       derivative ? spare.get() : c, row_of.get(), derivative ? c : static_cast<T*>(nullptr));
+            for (int64_t r = 0; r < rows; ++r) at[r] = (e * K + at[r]) * pitch;
+        }
+    }
+};
+
+// Rows of inputs i0 .. i0 + count over output columns c0 .. c0 + width into slice [count][K][pitch], zeros
+// past O. The pitch is the widest block's, so that a sample's offset into the slice is the same for every
+// block.
+template <typename T>
+void pack_slice(const T* W, int K, int O, int i0, int count, int c0, int width, int pitch, T* slice) {
+    const int valid = O - c0 < width ? O - c0 : width;
+    for (int e = 0; e < count; ++e)
+        for (int j = 0; j < K; ++j) {
+            T* to = slice + (int64_t(e) * K + j) * pitch;
+            const T* row = W + (int64_t(i0 + e) * K + j) * O + c0;
+            for (int l = 0; l < valid; ++l) to[l] = row[l];
+            for (int l = valid; l < width; ++l) to[l] = 0;
+        }
+}
+
+// y[r, block] (+)= sum over the slice's inputs e and nodes k of phi_k(r, e) slice[e][first + k], one sample at
+// a time: the same multiply-adds, in the same order, as the bucketed pass.
+template <typename T, int N, int NV>
+void forward_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, T* y, int ld, int c0,
+                  bool first) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    // U samples at a time: U * NV = 8 independent sums hide the multiply-add latency.
+    constexpr int U = NV >= 8 ? 1 : 8 / NV;
+    const int n = N > 0 ? N : n_rt;
+    const int64_t rows = col.rows;
+    for (int64_t r = 0; r < rows; r += U) {
+        const int m = rows - r < U ? int(rows - r) : U;
+        V acc[U][NV];
+        for (int u = 0; u < U; ++u)
+            for (int v = 0; v < NV; ++v)
+                acc[u][v] = first || u >= m ? V{} : reinterpret_cast<const V*>(y + (r + u) * ld + c0)[v];
+        for (int e = 0; e < count; ++e) {
+            const int32_t* at = col.first.get() + e * rows + r;
+            const T* coef = col.coef.get() + int64_t(e) * n * rows + r;
+            const T* base[U];
+            for (int u = 0; u < U; ++u) base[u] = slice + at[u < m ? u : 0];
+            for (int k = 0; k < n; ++k)
+                for (int u = 0; u < U; ++u) {
+                    const T p = coef[k * rows + (u < m ? u : 0)];
+                    for (int v = 0; v < NV; ++v)
+                        acc[u][v] += p * *reinterpret_cast<const V*>(base[u] + k * pitch + v * VL);
+                }
+        }
+        for (int u = 0; u < m; ++u)
+            for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(y + (r + u) * ld + c0)[v] = acc[u][v];
+    }
+}
+
+template <typename T, int N>
+void forward_tile_any(const Columns<T>& col, int count, int n, const T* slice, int pitch, T* y, int ld, Block b,
+                      bool first) {
+    switch (b.nv) {
+        case 8: forward_tile<T, N, 8>(col, count, n, slice, pitch, y, ld, b.c0, first); return;
+        case 4: forward_tile<T, N, 4>(col, count, n, slice, pitch, y, ld, b.c0, first); return;
+        case 2: forward_tile<T, N, 2>(col, count, n, slice, pitch, y, ld, b.c0, first); return;
+        default: forward_tile<T, N, 1>(col, count, n, slice, pitch, y, ld, b.c0, first);
+    }
+}
+
+// The forward pass over rows r0 .. r1 into yr (their rows of the padded y), slice by slice.
+template <typename T>
+void forward_tiled(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
+                   int I, int O, int ld, int n, int s, int stride, int K) {
+    constexpr int VL = Vec<T, 64>::width;
+    const Tiling tiling = plan_tiling<T>(K, ld, n <= 2 ? 4 : 8);
+    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
+    const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
+    const int pitch = tiling.nv * VL;
+    Columns<T> col(r1 - r0, n, tiling.inputs);
+    const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * K * pitch);
+    for (int i0 = 0; i0 < I; i0 += tiling.inputs) {
+        const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
+        col.fill(basis, xt, rows, r0, i0, m, s, stride, K, pitch, false);
+        for (int bi = 0; bi < count; ++bi) {
+            const Block b = blocks[bi];
+            pack_slice(W, K, O, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            switch (n) {
+                case 1: forward_tile_any<T, 1>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
+                case 2: forward_tile_any<T, 2>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
+                case 3: forward_tile_any<T, 3>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
+                case 4: forward_tile_any<T, 4>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
+                case 5: forward_tile_any<T, 5>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
+                default: forward_tile_any<T, 0>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0);
+            }
+        }
+    }
+}
+
+// The forward pass over rows r0 .. r1 into yr (their rows of the padded y), input by input, in buckets.
+template <typename T>
+void forward_bucketed(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
+                      int I, int O, int ld, int n, int s, int stride, int K) {
+    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
+    const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
+    Buckets<T> bk(r1 - r0, n, s, stride);
+    for (int i = 0; i < I; ++i) {
+        bk.fill(basis, xt + int64_t(i) * rows + r0, false);
+        const T* W_i = W + int64_t(i) * K * O;
+        for (int bi = 0; bi < count; ++bi) switch (n) {
+                case 1: forward_any<T, 1>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                case 2: forward_any<T, 2>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                case 3: forward_any<T, 3>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                case 4: forward_any<T, 4>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                case 5: forward_any<T, 5>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
+                default: forward_any<T, 0>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr);
+            }
+    }
+}
+
 // Each thread takes a contiguous range of rows and goes through the inputs in order, so every y[r] is summed
-// in the same order whatever the number of threads.
+// in the same order whatever the number of threads (and whichever pass: both add the same products in the
+// same order).
 template <typename T>
 void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
     const int ld = padded_width<T>(O);
-    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
-    const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
+    const bool tiled = use_tiles(rows, K);
     Padded<T> out(y, rows, O);
-#pragma omp parallel
+#pragma omp parallel num_threads(tiled ? tiled_team(rows, K) : omp_get_max_threads())
     {
         const int threads = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
         if (r1 > r0) {
-            Buckets<T> bk(r1 - r0, n, s, stride);
             T* yr = out.rows + r0 * ld;
-            for (int i = 0; i < I; ++i) {
-                bk.fill(basis, xt + int64_t(i) * rows + r0, false);
-                const T* W_i = W + int64_t(i) * K * O;
-                for (int bi = 0; bi < count; ++bi) switch (n) {
-                        case 1: forward_any<T, 1>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
-                        case 2: forward_any<T, 2>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
-                        case 3: forward_any<T, 3>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
-                        case 4: forward_any<T, 4>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
-                        case 5: forward_any<T, 5>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr); break;
-                        default: forward_any<T, 0>(bk, W_i, O, ld, blocks[bi], n, i == 0, yr);
-                    }
-            }
+            if (tiled)
+                forward_tiled(basis, xt, W, yr, rows, r0, r1, I, O, ld, n, s, stride, K);
+            else
+                forward_bucketed(basis, xt, W, yr, rows, r0, r1, I, O, ld, n, s, stride, K);
             if (out.copied()) unpad_rows(out.rows, y, r0, r1, O, ld);
         }
     }
@@ -472,58 +636,190 @@ void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w,
     }
 }
 
-// dL/dx, input by input (threads own inputs) into dxT [I, rows], then transposed into dx [rows, I]: for the
-// samples of bucket j, dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are
-// opposite (nodes -1 and 1: dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the
-// difference of the two rows, times dphi_1, replaces two: half the multiply-adds and weight loads.
+// Lane-wise sums of pairs of vectors, for lane_sums: each holds its samples' partial sums in blocks of P
+// lanes; the result holds x's and y's in blocks of P / 2, each the sum of a block's halves.
+template <typename T, int P>
+inline typename Vec<T, 64>::type pair_sums(typename Vec<T, 64>::type x, typename Vec<T, 64>::type y) {
+    constexpr int L = Vec<T, 64>::width, H = P / 2;
+    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+    typedef I M __attribute__((vector_size(64)));
+    M low, high;
+    for (int j = 0; j < L; ++j) {
+        const int b = j / P * P, w = j % P;
+        low[j] = w < H ? b + w : L + b + w - H;
+        high[j] = w < H ? b + w + H : L + b + w;
+    }
+    return __builtin_shuffle(x, y, low) + __builtin_shuffle(x, y, high);
+}
+
+// One vector whose lane u is the sum of the lanes of a[u], for a full vector's worth of vectors a
+// (overwritten): a transposing tree of shuffles and adds, about three operations per vector where a
+// horizontal sum of each costs ten. Pairing a[i] with a[i + half] leaves the sums in order.
+template <typename T>
+inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
+    constexpr int L = Vec<T, 64>::width;
+    if constexpr (L >= 16)
+        for (int i = 0; i < 8; ++i) a[i] = pair_sums<T, 16>(a[i], a[i + 8]);
+    for (int i = 0; i < 4; ++i) a[i] = pair_sums<T, 8>(a[i], a[i + 4]);
+    for (int i = 0; i < 2; ++i) a[i] = pair_sums<T, 4>(a[i], a[i + 2]);
+    return pair_sums<T, 2>(a[0], a[1]);
+}
+
+// dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, a vector's worth of
+// samples at a time, so that their sums reduce together (lane_sums) and land as one vector in dxT's row.
+// `first` (the first block) writes, the others add.
+template <typename T, int N, int NV>
+void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, const T* dy, int ld,
+                     int c0, bool first, T* dxT, int64_t all_rows) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    const int n = N > 0 ? N : n_rt;
+    const int64_t rows = col.rows;
+    for (int64_t r = 0; r < rows; r += VL) {
+        const int m = rows - r < VL ? int(rows - r) : VL;
+        for (int e = 0; e < count; ++e) {
+            const int32_t* at = col.first.get() + e * rows + r;
+            const T* coef = col.coef.get() + int64_t(e) * n * rows + r;
+            V acc[VL];
+            for (int u = 0; u < VL; ++u) {
+                const int uu = u < m ? u : 0;  // lanes past the last row repeat its first
+                const T* g = dy + (r + uu) * ld + c0;
+                const T* base = slice + at[uu];
+                V sum[2] = {V{}, V{}};  // even and odd vectors apart: shorter chains of multiply-adds
+                for (int v = 0; v < NV; ++v) {
+                    V w = V{};
+                    for (int k = 0; k < n; ++k)
+                        w += coef[k * rows + uu] * *reinterpret_cast<const V*>(base + k * pitch + v * VL);
+                    sum[v & 1] += w * *reinterpret_cast<const V*>(g + v * VL);
+                }
+                acc[u] = sum[0] + sum[1];
+            }
+            const V d = lane_sums<T>(acc);
+            T* out = dxT + e * all_rows + r;
+            if (m == VL) {
+                V* to = reinterpret_cast<V*>(out);
+                *to = first ? d : *to + d;
+            } else {
+                T lanes[VL];
+                __builtin_memcpy(lanes, &d, sizeof lanes);
+                for (int u = 0; u < m; ++u) out[u] = first ? lanes[u] : out[u] + lanes[u];
+            }
+        }
+    }
+}
+
+template <typename T, int N>
+void grad_input_tile_any(const Columns<T>& col, int count, int n, const T* slice, int pitch, const T* dy, int ld,
+                         Block b, bool first, T* dxT, int64_t all_rows) {
+    switch (b.nv) {
+        case 8: grad_input_tile<T, N, 8>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows); return;
+        case 4: grad_input_tile<T, N, 4>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows); return;
+        case 2: grad_input_tile<T, N, 2>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows); return;
+        default: grad_input_tile<T, N, 1>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows);
+    }
+}
+
+// dL/dx of rows r0 .. r1 into dxT, slice by slice; dy is the padded dL/dy.
+template <typename T>
+void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* dy, T* dxT, int64_t rows, int64_t r0,
+                      int64_t r1, int I, int O, int ld, int n, int s, int stride, int K) {
+    constexpr int VL = Vec<T, 64>::width;
+    // A smaller slice than the forward pass's: a vector's worth of dL/dy rows shares L1 with it.
+    const Tiling tiling = plan_tiling<T>(K, ld, 8, 20 * 1024);
+    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
+    const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
+    const int pitch = tiling.nv * VL;
+    Columns<T> col(r1 - r0, n, tiling.inputs);
+    const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * K * pitch);
+    const T* g = dy + r0 * ld;
+    for (int i0 = 0; i0 < I; i0 += tiling.inputs) {
+        const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
+        col.fill(basis, xt, rows, r0, i0, m, s, stride, K, pitch, true);
+        T* out = dxT + int64_t(i0) * rows + r0;
+        for (int bi = 0; bi < count; ++bi) {
+            const Block b = blocks[bi];
+            pack_slice(W, K, O, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            switch (n) {
+                case 1: grad_input_tile_any<T, 1>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
+                case 3: grad_input_tile_any<T, 3>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
+                case 4: grad_input_tile_any<T, 4>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
+                case 5: grad_input_tile_any<T, 5>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
+                default: grad_input_tile_any<T, 0>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows);
+            }
+        }
+    }
+}
+
+// dL/dx by buckets, input by input (the team's threads share the inputs), into dxT; dy is the padded dL/dy.
+template <typename T>
+void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T* dy, T* dxT, int64_t rows, int I,
+                         int O, int ld, int n, int s, int stride, int K) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    const bool difference = n == 2;
+    const int R = difference ? 1 : n;
+    Buckets<T> bk(rows, n, s, stride);
+    // The R rows one bucket uses, padded, unless they are the table's rows and those are already whole
+    // aligned vectors.
+    const bool in_place = !difference && aligned_rows(W, O);
+    const Aligned<T> copy = in_place ? nullptr : aligned_scratch<T>(int64_t(R) * ld);
+    const T* coef = bk.sorted.get() + (difference ? 1 : 0);
+#pragma omp for schedule(dynamic, 1)
+    for (int i = 0; i < I; ++i) {
+        bk.fill(basis, xt + int64_t(i) * rows, true);
+        T* out = dxT + int64_t(i) * rows;
+        for (int j = 0; j < s; ++j) {
+            const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
+            if (p0 == p1) continue;
+            const T* w = W + (int64_t(i) * K + int64_t(j) * stride) * O;
+            if (!in_place) {
+                for (int c = 0; c < ld; c += VL) {
+                    V* to = reinterpret_cast<V*>(copy.get() + c);
+                    if (difference)
+                        *to = load_part<T>(w + O + c, O - c) - load_part<T>(w + c, O - c);
+                    else
+                        for (int k = 0; k < n; ++k) to[k * ld / VL] = load_part<T>(w + k * O + c, O - c);
+                }
+                w = copy.get();
+            }
+            switch (R) {
+                case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
+                case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
+                case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
+                case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
+                default: grad_input_bucket<T, 0>(bk, p0, p1, w, dy, ld, R, coef, n, out);
+            }
+        }
+    }
+}
+
+// dL/dx into dxT [I, rows], then transposed into dx [rows, I]: for a sample in segment j of input i,
+// dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
+// dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
+// dphi_1, replaces two: half the multiply-adds and weight loads; the bucketed pass does that, and with it
+// was as fast as the tiled pass at batch 1024 (faster with 128 segments), so n = 2 always takes it. Other
+// batches take the tiled pass (threads own rows), small calls the bucketed one (threads own inputs);
+// either way each dx is summed in an order that does not depend on the number of threads.
 template <typename T>
 void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
-    typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
     const Basis<T> basis(n);
     const int ld = padded_width<T>(O);
-    const bool difference = n == 2;
-    const int R = difference ? 1 : n;
+    const bool tiled = n != 2 && use_tiles(rows, K);
     Padded<T> g(const_cast<T*>(dy), rows, O);
-#pragma omp parallel
+#pragma omp parallel num_threads(tiled ? tiled_team(rows, K) : omp_get_max_threads())
     {
         if (g.copied()) {
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
-        Buckets<T> bk(rows, n, s, stride);
-        // The R rows one bucket uses, padded, unless they are the table's rows and those are already whole
-        // aligned vectors.
-        const bool in_place = !difference && aligned_rows(W, O);
-        const Aligned<T> copy = in_place ? nullptr : aligned_scratch<T>(int64_t(R) * ld);
-        const T* coef = bk.sorted.get() + (difference ? 1 : 0);
-#pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < I; ++i) {
-            bk.fill(basis, xt + int64_t(i) * rows, true);
-            T* out = dxT + int64_t(i) * rows;
-            for (int j = 0; j < s; ++j) {
-                const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
-                if (p0 == p1) continue;
-                const T* w = W + (int64_t(i) * K + int64_t(j) * stride) * O;
-                if (!in_place) {
-                    for (int c = 0; c < ld; c += VL) {
-                        V* to = reinterpret_cast<V*>(copy.get() + c);
-                        if (difference)
-                            *to = load_part<T>(w + O + c, O - c) - load_part<T>(w + c, O - c);
-                        else
-                            for (int k = 0; k < n; ++k) to[k * ld / VL] = load_part<T>(w + k * O + c, O - c);
-                    }
-                    w = copy.get();
-                }
-                switch (R) {
-                    case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
-                    case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
-                    case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
-                    case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, g.rows, ld, R, coef, n, out); break;
-                    default: grad_input_bucket<T, 0>(bk, p0, p1, w, g.rows, ld, R, coef, n, out);
-                }
-            }
+        if (tiled) {
+            const int threads = omp_get_num_threads(), id = omp_get_thread_num();
+            const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
+            if (r1 > r0) grad_input_tiled(basis, xt, W, g.rows, dxT, rows, r0, r1, I, O, ld, n, s, stride, K);
+#pragma omp barrier
+        } else {
+            grad_input_bucketed(basis, xt, W, g.rows, dxT, rows, I, O, ld, n, s, stride, K);
         }
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r)
