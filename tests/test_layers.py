@@ -334,6 +334,33 @@ def test_tiled_forward_adds_the_same_products_in_the_same_order_as_the_bucketed_
     assert torch.equal(batch, one_by_one)
 
 
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_tiled_passes_take_a_large_batch_in_chunks():
+    # One thread's 4100 rows go through the tiled passes in two chunks (4096 rows and 4): the forward pass
+    # still equals the bucketed one bit for bit, dL/dx (n = 3) the gather path.
+    torch.manual_seed(0)
+    n, s, step = 3, 2, 2
+    layer = make("continuous", n, s, inputs=3, outputs=20, path="kernel", dtype=torch.float64)
+    x = (torch.rand(4100, 3, dtype=torch.float64) * 2.2 - 1.1).requires_grad_()
+    weights = torch.randn(4100, 20, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y = layer(x)
+        (y * weights).sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    one_by_one = torch.cat(
+        [layer_kernel.piecewise(row, layer.weight.detach(), n, s, step) for row in x.detach().split(1)]
+    )
+    assert torch.equal(y.detach(), one_by_one)
+    grad_kernel = x.grad
+    x.grad = None
+    layer.path = "gather"
+    (layer(x) * weights).sum().backward()
+    assert relative_error(grad_kernel, x.grad) <= 1e-10
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_matches_cpu(kind):

@@ -398,6 +398,11 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int
 // (K), the copying costs more than the tiles save (measured with K = 17, 33 and 129).
 inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
 
+// A thread's rows go through a tiled pass in chunks of at most this many (each copying the table again), so
+// that its scratch (the located inputs of one slice: inputs * (n + 1) values per row) stays small however
+// large the batch.
+constexpr int64_t kTiledRows = 4096;
+
 // Threads for a tiled pass: at least K rows each, so that no thread copies the whole table for a few rows.
 inline int tiled_team(int64_t rows, int K) {
     const int64_t most = rows / (K > 0 ? K : 1);
@@ -572,11 +577,13 @@ void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, i
         const int threads = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
         if (r1 > r0) {
-            T* yr = out.rows + r0 * ld;
             if (tiled)
-                forward_tiled(basis, xt, W, yr, rows, r0, r1, I, O, ld, n, s, stride, K);
+                for (int64_t c = r0; c < r1; c += kTiledRows) {
+                    const int64_t c1 = r1 - c < kTiledRows ? r1 : c + kTiledRows;
+                    forward_tiled(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
+                }
             else
-                forward_bucketed(basis, xt, W, yr, rows, r0, r1, I, O, ld, n, s, stride, K);
+                forward_bucketed(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K);
             if (out.copied()) unpad_rows(out.rows, y, r0, r1, O, ld);
         }
     }
@@ -816,7 +823,10 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
         if (tiled) {
             const int threads = omp_get_num_threads(), id = omp_get_thread_num();
             const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
-            if (r1 > r0) grad_input_tiled(basis, xt, W, g.rows, dxT, rows, r0, r1, I, O, ld, n, s, stride, K);
+            for (int64_t c = r0; c < r1; c += kTiledRows) {
+                const int64_t c1 = r1 - c < kTiledRows ? r1 : c + kTiledRows;
+                grad_input_tiled(basis, xt, W, g.rows, dxT, rows, c, c1, I, O, ld, n, s, stride, K);
+            }
 #pragma omp barrier
         } else {
             grad_input_bucketed(basis, xt, W, g.rows, dxT, rows, I, O, ld, n, s, stride, K);
