@@ -1,6 +1,6 @@
 """Speed and memory of the high-order layers against nn.Linear and high-order-layers-torch.
 
-    python benchmarks/layers.py [--quick] [--device cpu|cuda] [--out FILE]
+    python benchmarks/layers.py [--quick] [--passes] [--device cpu|cuda] [--out FILE]
 
 For every case (in, out, n, segments) at batch 1024, on the CPU with one thread and with all threads (or,
 with --device cuda, once on the GPU, where the layers take their Triton path), it times a
@@ -15,6 +15,11 @@ high-order-layers-torch builds a [batch, in, out, n] copy of its weights per cal
 batch 1024), so it is run at a smaller batch (``hol_batch``: 128, or 32 with --quick) and its time and
 memory are scaled linearly to 1024, which is how that copy grows. Prints a table; writes JSON
 {"rows": [...]} to --out (default benchmarks/results/layers.json).
+
+--passes also times each pass alone, ours against nn.Linear(in*n, out): the forward pass (no autograd
+graph), dL/dx (the weights frozen) and dL/dW (the input needing no gradient), the backward passes timed
+without the forward pass that precedes them; a second table, and {"passes": [...]} in the JSON. It shows
+where the gap to a matmul lies.
 """
 
 import argparse
@@ -112,6 +117,86 @@ def pass_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def forward_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """The forward pass alone, with no autograd graph."""
+
+    def step() -> None:
+        with torch.no_grad():
+            module(x)
+
+    return step
+
+
+def backward_ms(module: nn.Module, x: torch.Tensor, wrt: str, repeats: int, warmup: int) -> float:
+    """Median time in ms of one backward pass that computes only dL/dx (wrt "input": the weights frozen) or
+    only dL/dW (wrt "weight": x needs no gradient); the forward pass before each is not timed."""
+    weights = list(module.parameters())
+    leaf = x.detach().requires_grad_(wrt == "input")
+    for weight in weights:
+        weight.requires_grad_(wrt == "weight")
+    times = []
+    try:
+        for i in range(warmup + repeats):
+            y = module(leaf)
+            grad = torch.ones_like(y)
+            if y.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            y.backward(grad)
+            if y.is_cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append((time.perf_counter() - start) * 1000)
+            module.zero_grad(set_to_none=True)
+            leaf.grad = None
+    finally:
+        for weight in weights:
+            weight.requires_grad_(True)
+    return statistics.median(times)
+
+
+def measure_passes(case: tuple, threads: int, quick: bool, device: str = "cpu") -> dict:
+    """Each pass of our layer and of nn.Linear(in*n, out) alone (see the module docstring)."""
+    name, inputs, outputs, n, segments = case
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    repeats, warmup = (5, 2) if quick else (15, 3)
+    if name == "input codes":
+        ours, x = (
+            CharacterInput(inputs, outputs, n, segments).to(device),
+            torch.randint(0, 128, (BATCH, inputs), device=device),
+        )
+    else:
+        ours, x = (
+            HighOrderLinear(inputs, outputs, n, segments).to(device),
+            torch.rand(BATCH, inputs, device=device) * 2 - 1,
+        )
+    linear, wide = (
+        nn.Linear(inputs * n, outputs, bias=False).to(device),
+        torch.randn(BATCH, inputs * n, device=device),
+    )
+    forward = {"ours": forward_of(ours, x), "linear": forward_of(linear, wide)}
+    if device == "cuda":
+        forward = {key: synchronized(step) for key, step in forward.items()}
+    row = {
+        "case": name,
+        "in": inputs,
+        "out": outputs,
+        "n": n,
+        "segments": segments,
+        "threads": threads,
+        "device": device,
+    }
+    forward_ms = median_ms(forward, repeats, warmup)
+    row["forward_ms"], row["linear_forward_ms"] = forward_ms["ours"], forward_ms["linear"]
+    # Character codes are integers: the input layer over codes has no dL/dx.
+    row["grad_input_ms"] = None if name == "input codes" else backward_ms(ours, x, "input", repeats, warmup)
+    row["linear_grad_input_ms"] = backward_ms(linear, wide, "input", repeats, warmup)
+    row["grad_weight_ms"] = backward_ms(ours, x, "weight", repeats, warmup)
+    row["linear_grad_weight_ms"] = backward_ms(linear, wide, "weight", repeats, warmup)
+    return row
+
+
 def oracle(n: int, inputs: int, outputs: int, segments: int) -> nn.Module | None:
     try:
         from high_order_layers_torch.PolynomialLayers import PiecewisePolynomial
@@ -189,6 +274,32 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def passes_table(rows: list[dict]) -> str:
+    header = (
+        "| case | in | out | n | segments | threads | forward ms (Linear) | dL/dx ms (Linear) "
+        "| dL/dW ms (Linear) | forward / Linear | dL/dx / Linear | dL/dW / Linear |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+
+    def pair(r: dict, key: str) -> tuple[str, str]:
+        ours, theirs = r[f"{key}_ms"], r[f"linear_{key}_ms"]
+        if ours is None:
+            return "-", "-"
+        return f"{ours:.2f} ({theirs:.2f})", f"{ours / theirs:.2f}"
+
+    for r in rows:
+        cells = [pair(r, key) for key in ("forward", "grad_input", "grad_weight")]
+        lines.append(
+            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
+            f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} | "
+            + " | ".join(time for time, _ in cells)
+            + " | "
+            + " | ".join(ratio for _, ratio in cells)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; under a minute on 2 cores")
@@ -196,16 +307,24 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "layers.json"
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the layers run")
+    parser.add_argument("--passes", action="store_true", help="also time each pass alone against a Linear's")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a GPU, and torch sees none")
     all_threads = torch.get_num_threads()
     counts = sorted({1, all_threads}) if args.device == "cpu" else [all_threads]
     rows = [measure(case, threads, args.quick, args.device) for case in CASES for threads in counts]
-    torch.set_num_threads(all_threads)
+    result = {"rows": rows}
     print(table(rows))
+    if args.passes:
+        result["passes"] = [
+            measure_passes(case, threads, args.quick, args.device) for case in CASES for threads in counts
+        ]
+        print()
+        print(passes_table(result["passes"]))
+    torch.set_num_threads(all_threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
