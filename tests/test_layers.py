@@ -336,8 +336,8 @@ def test_tiled_forward_adds_the_same_products_in_the_same_order_as_the_bucketed_
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 def test_tiled_passes_take_a_large_batch_in_chunks():
-    # One thread's 4100 rows go through the tiled passes in two chunks (4096 rows and 4): the forward pass
-    # still equals the bucketed one bit for bit, dL/dx (n = 3) the gather path.
+    # One thread's 4100 rows go through the tiled passes in two chunks of 2050: the forward pass still equals
+    # the bucketed one bit for bit, dL/dx (n = 3) the gather path.
     torch.manual_seed(0)
     n, s, step = 3, 2, 2
     layer = make("continuous", n, s, inputs=3, outputs=20, path="kernel", dtype=torch.float64)

@@ -3,9 +3,10 @@
 // A layer with I inputs, O outputs, n nodes per segment and s segments keeps its weights as a table
 // W[I*K, O] (row i*K + node). For every sample r and input i only n rows are active: those of the segment
 // that holds x[r, i]. Each entry point makes one pass over the active rows, so time and memory are those of
-// a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table once per
-// call, but only for batches of at least K rows, where that costs less than a Linear(I -> O) pass). No
-// torch headers: the file compiles in about two seconds and is called through ctypes.
+// a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table, once per
+// thread and every 4096 rows or fewer, and only when each thread has at least K rows: no more work than a
+// Linear(I -> O) pass over them). No torch headers: the file compiles in about two seconds and is called
+// through ctypes.
 #include <omp.h>
 
 #include <cmath>
@@ -398,10 +399,14 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int
 // (K), the copying costs more than the tiles save (measured with K = 17, 33 and 129).
 inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
 
-// A thread's rows go through a tiled pass in chunks of at most this many (each copying the table again), so
-// that its scratch (the located inputs of one slice: inputs * (n + 1) values per row) stays small however
-// large the batch.
+// A thread's rows go through a tiled pass in equal chunks of at most this many (each copying the table
+// again), so that its scratch (the located inputs of one slice: inputs * (n + 1) values per row) stays small
+// however large the batch.
 constexpr int64_t kTiledRows = 4096;
+
+// Chunk q of `chunks` of the rows r0 .. r1.
+inline int64_t chunk_start(int64_t r0, int64_t r1, int64_t q, int64_t chunks) { return r0 + (r1 - r0) * q / chunks; }
+inline int64_t chunk_count(int64_t r0, int64_t r1) { return (r1 - r0 + kTiledRows - 1) / kTiledRows; }
 
 // Threads for a tiled pass: at least K rows each, so that no thread copies the whole table for a few rows.
 inline int tiled_team(int64_t rows, int K) {
@@ -468,8 +473,8 @@ void pack_slice(const T* W, int K, int O, int i0, int count, int c0, int width, 
         }
 }
 
-// y[r, block] (+)= sum over the slice's inputs e and nodes k of phi_k(r, e) slice[e][first + k], one sample at
-// a time: the same multiply-adds, in the same order, as the bucketed pass.
+// y[r, block] (+)= sum over the slice's inputs e and nodes k of phi_k(r, e) slice[e][first + k], a few samples
+// at a time: for each sample the same multiply-adds, in the same order, as the bucketed pass.
 template <typename T, int N, int NV>
 void forward_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, T* y, int ld, int c0,
                   bool first) {
@@ -578,8 +583,8 @@ void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, i
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
         if (r1 > r0) {
             if (tiled)
-                for (int64_t c = r0; c < r1; c += kTiledRows) {
-                    const int64_t c1 = r1 - c < kTiledRows ? r1 : c + kTiledRows;
+                for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
+                    const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
                     forward_tiled(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
                 }
             else
@@ -689,7 +694,7 @@ void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice,
             const T* coef = col.coef.get() + int64_t(e) * n * rows + r;
             V acc[VL];
             for (int u = 0; u < VL; ++u) {
-                const int uu = u < m ? u : 0;  // lanes past the last row repeat its first
+                const int uu = u < m ? u : 0;  // lanes past the last row repeat the group's first
                 const T* g = dy + (r + uu) * ld + c0;
                 const T* base = slice + at[uu];
                 V sum[2] = {V{}, V{}};  // even and odd vectors apart: shorter chains of multiply-adds
@@ -804,9 +809,10 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
 // dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
 // dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
 // dphi_1, replaces two: half the multiply-adds and weight loads; the bucketed pass does that, and with it
-// was as fast as the tiled pass at batch 1024 (faster with 128 segments), so n = 2 always takes it. Other
-// batches take the tiled pass (threads own rows), small calls the bucketed one (threads own inputs);
-// either way each dx is summed in an order that does not depend on the number of threads.
+// was as fast as the tiled pass at batch 1024 (faster with 128 segments), so n = 2 always takes it. For
+// other n, batches of at least K rows take the tiled pass (threads own rows), smaller ones the bucketed
+// pass (threads own inputs); either way each dx is summed in an order that does not depend on the number
+// of threads.
 template <typename T>
 void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
@@ -823,8 +829,8 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
         if (tiled) {
             const int threads = omp_get_num_threads(), id = omp_get_thread_num();
             const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
-            for (int64_t c = r0; c < r1; c += kTiledRows) {
-                const int64_t c1 = r1 - c < kTiledRows ? r1 : c + kTiledRows;
+            for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
+                const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
                 grad_input_tiled(basis, xt, W, g.rows, dxT, rows, c, c1, I, O, ld, n, s, stride, K);
             }
 #pragma omp barrier
