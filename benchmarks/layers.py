@@ -117,6 +117,20 @@ def pass_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def layer_and_input(case: tuple, device: str) -> tuple[nn.Module, torch.Tensor]:
+    """Our layer for a case and a batch for it: character codes for the input layer over codes, else reals
+    in [-1, 1)."""
+    name, inputs, outputs, n, segments = case
+    if name == "input codes":
+        return (
+            CharacterInput(inputs, outputs, n, segments).to(device),
+            torch.randint(0, 128, (BATCH, inputs), device=device),
+        )
+    return HighOrderLinear(inputs, outputs, n, segments).to(device), torch.rand(
+        BATCH, inputs, device=device
+    ) * 2 - 1
+
+
 def forward_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     """The forward pass alone, with no autograd graph."""
 
@@ -161,16 +175,7 @@ def measure_passes(case: tuple, threads: int, quick: bool, device: str = "cpu") 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     repeats, warmup = (5, 2) if quick else (15, 3)
-    if name == "input codes":
-        ours, x = (
-            CharacterInput(inputs, outputs, n, segments).to(device),
-            torch.randint(0, 128, (BATCH, inputs), device=device),
-        )
-    else:
-        ours, x = (
-            HighOrderLinear(inputs, outputs, n, segments).to(device),
-            torch.rand(BATCH, inputs, device=device) * 2 - 1,
-        )
+    ours, x = layer_and_input(case, device)
     linear, wide = (
         nn.Linear(inputs * n, outputs, bias=False).to(device),
         torch.randn(BATCH, inputs * n, device=device),
@@ -212,13 +217,10 @@ def measure(case: tuple, threads: int, quick: bool, device: str = "cpu") -> dict
     torch.manual_seed(0)
     repeats, warmup = (5, 2) if quick else (15, 3)
     hidden = name == "hidden"
-    if name == "input codes":
-        codes = torch.randint(0, 128, (BATCH, inputs), device=device)
-        ours = pass_of(CharacterInput(inputs, outputs, n, segments).to(device), codes)
-        x = codes_to_unit(codes)
-    else:
-        x = (torch.rand(BATCH, inputs, device=device) * 2 - 1).requires_grad_(hidden)
-        ours = pass_of(HighOrderLinear(inputs, outputs, n, segments).to(device), x)
+    layer, layer_input = layer_and_input(case, device)
+    # The Linear layers read the codes' values; the input of a hidden layer needs a gradient.
+    x = codes_to_unit(layer_input) if name == "input codes" else layer_input.requires_grad_(hidden)
+    ours = pass_of(layer, layer_input)
     wide = torch.randn(BATCH, inputs * n, device=device, requires_grad=hidden)
     steps = {
         "ours": ours,
@@ -292,7 +294,7 @@ def passes_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
             f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} | "
-            + " | ".join(time for time, _ in cells)
+            + " | ".join(times for times, _ in cells)
             + " | "
             + " | ".join(ratio for _, ratio in cells)
             + " |"
