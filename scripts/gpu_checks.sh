@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one run of about ten minutes, for a machine with CUDA and PyTorch on it
+# The checks that need a GPU, in one run of under ten minutes, for a machine with CUDA and PyTorch on it
 # (as the development workplace's device machine is: run it there from the repository's root).
 #
 #   bash scripts/gpu_checks.sh
@@ -7,10 +7,14 @@
 # 1. The tests that skip without CUDA, and their neighbours: the layers' Triton kernels compiled for the GPU
 #    (tests/test_triton.py runs them in Triton's interpreter only where there is no GPU), the layers' CUDA
 #    and bf16-autocast cases, Mamba's scans on CUDA (mamba-ssm's kernel when it is installed).
-# 2. `langinterp train recipes/mamba.toml` on CUDA, unchanged but for a local book and a few steps; when
-#    mamba-ssm is installed, a second time with its import blocked (the pure-PyTorch scan on CUDA).
-# 3. benchmarks/layers.py --device cuda --quick: the layers' Triton path against cuBLAS.
-# Logs and the benchmark's JSON go to $OUT when it is set (the device tool's folder), else gpu-checks/.
+# 2. benchmarks/layers.py --device cuda --passes: the layers' Triton path against cuBLAS.
+# 3. Every neural family trained on CUDA as `langinterp train` runs it there (bf16-mixed), unchanged but for
+#    a local book and a few steps, then `generate` and `evaluate` on the run; `recipes/mamba.toml` a second
+#    time with mamba-ssm's import blocked when it is installed (the pure-PyTorch scan on CUDA); the automaton.
+# 4. With the time left, the whole test suite with the GPU visible (its training pins the CPU, but generation
+#    and evaluation of what it trains then run on CUDA).
+# Logs and the benchmark's JSON go to $OUT when it is set (the device tool's folder: at most 8 files come
+# back from it), else gpu-checks/.
 #
 # Python packages the machine lacks can be carried as wheels in .whl/ (see the device tool's notes); they
 # are installed into /tmp/site first. Every step runs even when one before it fails; the exit status says
@@ -18,6 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-checks}
+budget=${GPU_CHECKS_SECONDS:-540}
 mkdir -p "$out"
 python=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -27,29 +32,65 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 LANGINTERP_HOME=/tmp/langinterp-gpu-checks
 status=0
+langinterp=("$python" -m langinterp)
+step() {  # step LOG SECONDS NAME COMMAND...: run COMMAND under a time limit, its output appended to $out/LOG
+    local log=$out/$1 limit=$2 name=$3
+    shift 3
+    echo "=== $name" >>"$log"
+    if timeout "$limit" "$@" >>"$log" 2>&1; then
+        echo "=== $name: passed" | tee -a "$log"
+    else
+        echo "=== $name: FAILED ($?)" | tee -a "$log"
+        tail -n 15 "$log"
+        status=1
+    fi
+}
 
 "$python" - <<'PY' 2>&1 | tee "$out/environment.txt" || exit 1
-import importlib.util, torch
+import importlib.util, os, torch
 assert torch.cuda.is_available(), "no CUDA device: these checks need one"
-print("torch", torch.__version__, "on", torch.cuda.get_device_name())
-for name in ("triton", "mamba_ssm", "pytorch_lightning", "lion_pytorch", "platformdirs", "tomli_w", "lightgbm"):
+print("torch", torch.__version__, "on", torch.cuda.get_device_name(), "with", os.cpu_count(), "CPUs")
+for name in ("triton", "mamba_ssm", "pytorch_lightning", "lion_pytorch", "platformdirs", "tomli_w", "lightgbm",
+             "high_order_layers_torch", "xdist", "pytest_timeout"):
     print(name, "yes" if importlib.util.find_spec(name) else "MISSING")
 PY
+workers=()
+"$python" -c "import xdist" 2>/dev/null && workers=(-n 8)
 
-timeout 420 "$python" -m pytest -q -p no:cacheprovider tests/test_triton.py tests/test_layers.py \
-    tests/test_mamba.py tests/test_scan.py tests/test_devices.py 2>&1 | tee "$out/tests.log" || status=1
+step tests.log 240 "GPU tests" "$python" -m pytest -q -p no:cacheprovider "${workers[@]}" tests/test_triton.py \
+    tests/test_layers.py tests/test_mamba.py tests/test_scan.py tests/test_devices.py
+tail -n 3 "$out/tests.log"
 
-timeout 150 "$python" -m langinterp train recipes/mamba.toml 'data.books=["README.md"]' trainer.max_steps=40 \
-    --run-name gpu-mamba --quiet 2>&1 | tee "$out/train_mamba.log" || status=1
+step layers_cuda.log 150 "layer benchmark" "$python" benchmarks/layers.py --device cuda --passes \
+    --out "$out/layers_cuda.json"
+tail -n 40 "$out/layers_cuda.log"
 
+book='data.books=["README.md"]'
+declare -A extra=([conv]="data.holdout=0.3")  # its 10 000-character window needs a longer held-out tail
+for recipe in mamba sparse_mlp transformer high_order_input_transformer conv tail_focus mamba_high_order gpt; do
+    step train.log 120 "train $recipe" "${langinterp[@]}" train "recipes/$recipe.toml" "$book" ${extra[$recipe]:-} \
+        trainer.max_steps=30 --run-name "gpu-$recipe" --quiet
+    step train.log 60 "generate $recipe" "${langinterp[@]}" generate --run "gpu-$recipe" --prompt "Who are you?" \
+        -n 60 --seed 1
+    step train.log 60 "evaluate $recipe" "${langinterp[@]}" evaluate --run "gpu-$recipe" --json
+done
 if "$python" -c "import mamba_ssm" 2>/dev/null; then
-    timeout 150 "$python" -c 'import runpy, sys; sys.modules["mamba_ssm"] = None; runpy.run_module("langinterp", run_name="__main__")' \
-        train recipes/mamba.toml 'data.books=["README.md"]' trainer.max_steps=40 --run-name gpu-mamba-without-ssm \
-        --quiet 2>&1 | tee "$out/train_mamba_without_ssm.log" || status=1
+    step train.log 120 "train mamba without mamba-ssm" "$python" -c \
+        'import runpy, sys; sys.modules["mamba_ssm"] = None; runpy.run_module("langinterp", run_name="__main__")' \
+        train recipes/mamba.toml "$book" trainer.max_steps=30 --run-name gpu-mamba-without-ssm --quiet
+fi
+step train.log 120 "train centered" "${langinterp[@]}" train recipes/centered.toml "$book" trainer.max_steps=30 \
+    --run-name gpu-centered --quiet
+step train.log 60 "automaton" "${langinterp[@]}" automaton --run gpu-centered --reapply 3
+step train.log 30 "runs" "${langinterp[@]}" runs
+
+left=$((budget - SECONDS))
+if [ "$left" -gt 60 ]; then
+    step suite.log "$left" "whole suite" "$python" -m pytest -q -p no:cacheprovider "${workers[@]}" --durations=10
+    tail -n 30 "$out/suite.log"
+else
+    echo "no time left for the whole suite ($left s)"
 fi
 
-timeout 240 "$python" benchmarks/layers.py --device cuda --quick --out "$out/layers_cuda.json" 2>&1 \
-    | tee "$out/layers_cuda.log" || status=1
-
-echo "gpu checks: $([ "$status" = 0 ] && echo all passed || echo SOME FAILED)"
+echo "gpu checks: $([ "$status" = 0 ] && echo all passed || echo SOME FAILED) in $SECONDS s"
 exit "$status"

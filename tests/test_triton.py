@@ -111,12 +111,35 @@ def test_cuda_picks_triton_unless_deterministic():
     layer = layer_on("auto", "continuous", 2, 64, dtype=torch.float32)
     x = torch.rand(8, 3, device="cuda")
     assert layer.choose_path(x) == "triton"
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     try:
+        torch.use_deterministic_algorithms(True)
         assert layer.choose_path(x) == "gather"
+        torch.use_deterministic_algorithms(True, warn_only=True)  # what training on a GPU runs under
+        assert layer.choose_path(x) == "triton"
+        with pytest.warns(UserWarning, match="not bit-for-bit repeatable"):
+            layer(x.requires_grad_()).sum().backward()
     finally:
-        torch.use_deterministic_algorithms(previous)
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+@pytest.mark.parametrize(
+    ("mode", "strict"),
+    [({"mode": False}, False), ({"mode": True}, True), ({"mode": True, "warn_only": True}, False)],
+)
+def test_only_strict_deterministic_mode_rules_out_the_atomic_adds(mode, strict):
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        torch.use_deterministic_algorithms(**mode)
+        assert triton_ops.strictly_deterministic() is strict
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 # Compiles every kernel as a GPU run would, without a GPU: through Triton's IR and PTX to a cubin for sm_90

@@ -8,6 +8,9 @@ locate each input's segment, evaluate its basis and gather its n weight rows in 
 
 dL/dW is summed with atomic adds, so on a GPU its float rounding can differ from run to run; under
 ``torch.use_deterministic_algorithms(True)`` the layers take the gather path instead (see ``supports``).
+Its warn-only form (``warn_only=True``, what Lightning's ``deterministic="warn"`` sets, and so what
+``langinterp train`` runs under on a GPU) keeps the kernels and the layer warns once, as torch's own
+nondeterministic operations do there.
 Float16, bfloat16 and float32 weights compute in float32 (dL/dW accumulates in float32), float64 in float64.
 
 Triton is imported only when a kernel first runs. With ``TRITON_INTERPRET=1`` set before that, Triton runs
@@ -16,6 +19,7 @@ the same kernels on CPU tensors in its interpreter: that is how the tests check 
 
 import contextlib
 import importlib.util
+import warnings
 from functools import cache
 
 import torch
@@ -39,13 +43,21 @@ def available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@torch.compiler.assume_constant_result
+def strictly_deterministic() -> bool:
+    """Whether torch's deterministic mode is on and raises (rather than warns) on nondeterministic work."""
+    return torch.are_deterministic_algorithms_enabled() and not (
+        torch.is_deterministic_algorithms_warn_only_enabled()
+    )
+
+
 def supports(x: Tensor, weight: Tensor) -> bool:
     """Whether the Triton path handles these tensors: CUDA, a float type, nondeterminism allowed, Triton."""
     return (
         x.device.type == "cuda"
         and weight.device.type == "cuda"
         and weight.dtype in FLOAT_TYPES
-        and not torch.are_deterministic_algorithms_enabled()
+        and not strictly_deterministic()
         and available()
     )
 
@@ -125,6 +137,13 @@ def piecewise_grad_weight(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape and type (the gradient is linear in phi)."""
+    if torch.are_deterministic_algorithms_enabled():  # warn-only: strict mode never reaches this op
+        warnings.warn(
+            "the piecewise layers' Triton dL/dW adds atomically and is not bit-for-bit repeatable; "
+            "torch.use_deterministic_algorithms(True) without warn_only makes them take the gather path",
+            UserWarning,
+            stacklevel=2,
+        )
     x, grad = x.contiguous(), grad.contiguous()
     total = torch.zeros(weight.shape, dtype=_compute_dtype(weight), device=weight.device)
     if x.shape[0]:
