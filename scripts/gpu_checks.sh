@@ -7,10 +7,12 @@
 # 1. The tests that skip without CUDA, and their neighbours: the layers' Triton kernels compiled for the GPU
 #    (tests/test_triton.py runs them in Triton's interpreter only where there is no GPU), the layers' CUDA
 #    and bf16-autocast cases, Mamba's scans on CUDA (mamba-ssm's kernel when it is installed).
-# 2. benchmarks/layers.py --device cuda --passes: the layers' Triton path against cuBLAS.
+# 2. benchmarks/layers.py --device cuda --passes (the layers' Triton path against cuBLAS) and
+#    benchmarks/triton_kernels.py (the kernels' variants alone).
 # 3. Every neural family trained on CUDA as `langinterp train` runs it there (bf16-mixed), unchanged but for
 #    a local book and a few steps, then `generate` and `evaluate` on the run; `recipes/mamba.toml` a second
 #    time with mamba-ssm's import blocked when it is installed (the pure-PyTorch scan on CUDA); the automaton.
+#    A recipe is skipped, and says so, when less than 90 s of the run's budget ($GPU_CHECKS_SECONDS) is left.
 # 4. With the time left, the whole test suite with the GPU visible (its training pins the CPU, but generation
 #    and evaluation of what it trains then run on CUDA).
 # Logs and the benchmark's JSON go to $OUT when it is set (the device tool's folder: at most 8 files come
@@ -58,16 +60,23 @@ workers=()
 "$python" -c "import xdist" 2>/dev/null && workers=(-n 8)
 
 step tests.log 240 "GPU tests" "$python" -m pytest -q -p no:cacheprovider "${workers[@]}" tests/test_triton.py \
-    tests/test_layers.py tests/test_mamba.py tests/test_scan.py tests/test_devices.py
+    tests/test_triton_benchmark.py tests/test_layers.py tests/test_mamba.py tests/test_scan.py tests/test_devices.py
 tail -n 3 "$out/tests.log"
 
 step layers_cuda.log 150 "layer benchmark" "$python" benchmarks/layers.py --device cuda --passes \
     --out "$out/layers_cuda.json"
-tail -n 40 "$out/layers_cuda.log"
+tail -n 22 "$out/layers_cuda.log"
+step triton_kernels.log 150 "Triton kernel benchmark" "$python" benchmarks/triton_kernels.py \
+    --out "$out/triton_kernels.json"
+tail -n 26 "$out/triton_kernels.log"
 
 book='data.books=["README.md"]'
 declare -A extra=([conv]="data.holdout=0.3")  # its 10 000-character window needs a longer held-out tail
 for recipe in mamba sparse_mlp transformer high_order_input_transformer conv tail_focus mamba_high_order gpt; do
+    if [ $((budget - SECONDS)) -lt 90 ]; then
+        echo "=== no time left to train $recipe" | tee -a "$out/train.log"
+        continue
+    fi
     step train.log 120 "train $recipe" "${langinterp[@]}" train "recipes/$recipe.toml" "$book" ${extra[$recipe]:-} \
         trainer.max_steps=30 --run-name "gpu-$recipe" --quiet
     step train.log 60 "generate $recipe" "${langinterp[@]}" generate --run "gpu-$recipe" --prompt "Who are you?" \

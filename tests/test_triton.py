@@ -64,6 +64,35 @@ def test_triton_covers_several_tiles_and_partial_ones():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+def test_both_grad_weight_kernels_agree_in_float64(monkeypatch):
+    # K = 33 takes the dense kernel; with its limit lowered, the same layer takes the atomic one. 70 rows
+    # make two row tiles of the dense kernel (32 rows each at K <= 64) and a partial third.
+    x = inputs_inside_and_outside(rows=70, inputs=5)
+    layer = layer_on("triton", "continuous", 2, 32, inputs=5, outputs=70)
+    assert triton_ops.repeatable(layer.weight)
+    dense = pass_of(layer, x)
+    layer.weight.grad = None
+    monkeypatch.setattr(triton_ops, "DENSE_GRAD_WEIGHT_MAX_K", 0)
+    assert not triton_ops.repeatable(layer.weight)
+    atomic = pass_of(layer, x)
+    for a, b in zip(dense, atomic, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_forward_is_the_same_for_any_inputs_per_step(monkeypatch, n):
+    # Several inputs per step add the same products in the same order as one: equal bit for bit. Seven
+    # inputs leave a partial last step for every count tried.
+    x = inputs_inside_and_outside(rows=40, inputs=7)
+    layer = layer_on("triton", "discontinuous", n, 40, inputs=7, outputs=9, dtype=torch.float32)
+    results = []
+    for steps in (1, 2, 4, 8):
+        monkeypatch.setattr(triton_ops, "inputs_per_step", lambda n, programs, device, steps=steps: steps)
+        results.append(layer(x.to(DEVICE, torch.float32)))
+    for result in results[1:]:
+        assert torch.equal(result, results[0])
+
+
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 def test_triton_in_lower_precision_matches_float64(dtype, tolerance):
     # The same (rounded) weights and inputs in float64 on the gather path: what is left is the rounding of
@@ -108,7 +137,8 @@ def test_triton_op_passes_gradcheck():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the automatic choice of Triton needs CUDA")
 def test_cuda_picks_triton_unless_deterministic():
-    layer = layer_on("auto", "continuous", 2, 64, dtype=torch.float32)
+    layer = layer_on("auto", "continuous", 2, 64, dtype=torch.float32)  # K = 65: the atomic dL/dW
+    repeatable = layer_on("auto", "continuous", 2, 32, dtype=torch.float32)  # K = 33: the dense dL/dW
     x = torch.rand(8, 3, device="cuda")
     assert layer.choose_path(x) == "triton"
     previous = (
@@ -118,6 +148,7 @@ def test_cuda_picks_triton_unless_deterministic():
     try:
         torch.use_deterministic_algorithms(True)
         assert layer.choose_path(x) == "gather"
+        assert repeatable.choose_path(x) == "triton"
         torch.use_deterministic_algorithms(True, warn_only=True)  # what training on a GPU runs under
         assert layer.choose_path(x) == "triton"
         with pytest.warns(UserWarning, match="not bit-for-bit repeatable"):
@@ -152,21 +183,25 @@ import pathlib
 import re
 import subprocess
 import tempfile
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from langinterp.layers import triton_kernels
-from langinterp.layers.triton_ops import OUTPUTS_PER_PROGRAM, ROWS_PER_PROGRAM, WARPS
+from langinterp.layers.triton_ops import OUTPUTS_PER_PROGRAM, ROWS_PER_PROGRAM, WARPS, inputs_per_step
 
 compiled = []
 for storage, compute, n in (("fp32", "fp32", 2), ("bf16", "fp32", 3), ("fp64", "fp64", 5)):
-    for name in ("forward", "grad_input", "grad_weight"):
+    for name in ("forward", "grad_input", "grad_weight", "grad_weight_dense"):
         kernel = getattr(triton_kernels, name)
         constants = {
             "STRIDE": n - 1, "N": n, "ACC": tl.float64 if compute == "fp64" else tl.float32,
             "BR": ROWS_PER_PROGRAM, "BO": OUTPUTS_PER_PROGRAM,
+            "BI": inputs_per_step(n, 1, torch.device("cpu")),  # a small grid's
+            "KP": 64,  # the dense dL/dW's widest tile (K <= 64), with its 32 rows
         }
+        constants = {arg: value for arg, value in constants.items() if arg in kernel.arg_names}
         signature = {
             arg: "constexpr" if arg in constants else "i32" if arg in triton_kernels.SIZES
             else "*" + (compute if arg in ("nodes_ptr", "inv_ptr", "dw_ptr") else storage)
@@ -197,6 +232,6 @@ def test_triton_kernels_compile_for_a_hopper_gpu(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads(done.stdout)
-    assert len(compiled) == 9
+    assert len(compiled) == 12
     # In float32 and bfloat16 no kernel spills registers to the stack (float64 with n = 5 may).
     assert all(entry["stack"] == 0 for entry in compiled if entry["storage"] != "fp64"), compiled

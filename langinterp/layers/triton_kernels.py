@@ -1,8 +1,9 @@
 """Triton device code of the piecewise layers (triton_ops.py wraps it as torch ops and says why).
 
 Imported only when a layer takes the Triton path, so that importing langinterp never imports Triton.
-Every program works on a tile of rows (samples): it locates each row's segment of input i exactly as
-basis.py does, evaluates the n Lagrange basis values there, and gathers the n weight rows of that segment.
+Every program locates each of its rows' (samples') segment of input i exactly as basis.py does and
+evaluates the n Lagrange basis values there; forward, dL/dx and the atomic dL/dW then gather (or add into)
+the n weight rows of that segment, while the dense dL/dW multiplies a tile of the basis by the gradient.
 Arithmetic runs in ``ACC`` (float32, or float64 for float64 weights) whatever the storage type. The sizes
 are never specialised: Triton would otherwise turn a size of 1 into a compile-time constant, which has no
 ``.to`` and would need its own compilation.
@@ -60,20 +61,31 @@ def _dphi(t, nodes_ptr, inv_ptr, k: tl.constexpr, N: tl.constexpr):
 def forward(
     x_ptr, w_ptr, y_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
     STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+    BI: tl.constexpr,
 ):  # fmt: skip
-    """y[r, o] = sum_i sum_k phi_k(t_ri) W[i, j_ri * STRIDE + k, o] for a tile of BR rows by BO outputs."""
+    """y[r, o] = sum_i sum_k phi_k(t_ri) W[i, j_ri * STRIDE + k, o] for a tile of BR rows by BO outputs.
+
+    BI inputs per step, unrolled: each weight load depends on a load of x, so one input per step made the
+    loop a chain of two memory latencies per input; BI independent chains per step overlap them.
+    """
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     o = tl.program_id(1) * BO + tl.arange(0, BO)
     rows_in = r < rows
-    mask = rows_in[:, None] & (o < outputs)[None, :]
+    outputs_in = o < outputs
     acc = tl.zeros([BR, BO], dtype=ACC)
-    for i in range(0, inputs):
-        x = tl.load(x_ptr + r * inputs + i, mask=rows_in, other=0.0).to(ACC)
-        j, t, _ = _segment(x, S, ACC)
-        first = i * K + j.to(tl.int64) * STRIDE
-        for k in tl.static_range(N):
-            w = tl.load(w_ptr + (first + k)[:, None] * outputs + o[None, :], mask=mask, other=0.0).to(ACC)
-            acc += _phi(t, nodes_ptr, inv_ptr, k, N)[:, None] * w
+    for i0 in range(0, inputs, BI):
+        for b in tl.static_range(BI):
+            i = i0 + b
+            present = rows_in & (tl.zeros([BR], tl.int32) + i < inputs)
+            x = tl.load(x_ptr + r * inputs + i, mask=present, other=0.0).to(ACC)
+            j, t, _ = _segment(x, S, ACC)
+            first = i * K + j.to(tl.int64) * STRIDE
+            mask = present[:, None] & outputs_in[None, :]
+            for k in tl.static_range(N):
+                address = w_ptr + (first + k)[:, None] * outputs + o[None, :]
+                w = tl.load(address, mask=mask, other=0.0).to(ACC)
+                acc += _phi(t, nodes_ptr, inv_ptr, k, N)[:, None] * w
+    mask = rows_in[:, None] & outputs_in[None, :]
     tl.store(y_ptr + r[:, None] * outputs + o[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -121,3 +133,38 @@ def grad_weight(
     for k in tl.static_range(N):
         contribution = _phi(t, nodes_ptr, inv_ptr, k, N)[:, None] * g
         tl.atomic_add(dw_ptr + (first + k)[:, None] * outputs + o[None, :], contribution, mask=mask)
+
+
+@triton.jit(do_not_specialize=SIZES)
+def grad_weight_dense(
+    x_ptr, g_ptr, dw_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
+    STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+    KP: tl.constexpr,
+):  # fmt: skip
+    """dW[i, :, o] = basis_i^T g for input i and BO outputs, basis_i [rows, K] holding phi_k(t_ri) at column
+    j_ri * STRIDE + k: the program walks all rows BR at a time, builds that tile of basis_i in registers and
+    adds basis^T @ g by tl.dot into a [KP, BO] tile (KP >= K, a power of two) that it stores once at the end.
+    No atomic adds, so the result is the same in every run; the dense tile costs KP / n times the work of
+    the gather, which pays only while K is small (triton_ops.DENSE_GRAD_WEIGHT_MAX_K)."""
+    i = tl.program_id(0)
+    o = tl.program_id(1) * BO + tl.arange(0, BO)
+    columns = tl.arange(0, KP)
+    outputs_in = o < outputs
+    acc = tl.zeros([KP, BO], dtype=ACC)
+    for r0 in range(0, rows, BR):
+        r = r0 + tl.arange(0, BR).to(tl.int64)
+        rows_in = r < rows
+        x = tl.load(x_ptr + r * inputs + i, mask=rows_in, other=0.0).to(ACC)
+        j, t, _ = _segment(x, S, ACC)
+        first = j * STRIDE
+        basis = tl.zeros([BR, KP], dtype=ACC)
+        for k in tl.static_range(N):
+            phi = _phi(t, nodes_ptr, inv_ptr, k, N)
+            basis += tl.where(columns[None, :] == (first + k)[:, None], phi[:, None], 0.0)
+        # Rows past the end have g = 0, so whatever segment their x = 0 picks adds nothing.
+        mask = rows_in[:, None] & outputs_in[None, :]
+        g = tl.load(g_ptr + r[:, None] * outputs + o[None, :], mask=mask, other=0.0).to(ACC)
+        acc += tl.dot(tl.trans(basis), g, input_precision="ieee")
+    stored = (columns < K)[:, None] & outputs_in[None, :]
+    address = dw_ptr + (i * K + columns).to(tl.int64)[:, None] * outputs + o[None, :]
+    tl.store(address, acc.to(dw_ptr.dtype.element_ty), mask=stored)

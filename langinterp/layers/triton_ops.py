@@ -6,11 +6,15 @@ the basis), and whose backward goes through embedding_bag's generic sparse gradi
 locate each input's segment, evaluate its basis and gather its n weight rows in one pass per direction
 (forward, dL/dx, dL/dW), so time and memory stay those of a Linear(in*n, out) whatever the segments.
 
-dL/dW is summed with atomic adds, so on a GPU its float rounding can differ from run to run; under
-``torch.use_deterministic_algorithms(True)`` the layers take the gather path instead (see ``supports``).
-Its warn-only form (``warn_only=True``, what Lightning's ``deterministic="warn"`` sets, and so what
-``langinterp train`` runs under on a GPU) keeps the kernels and the layer warns once, as torch's own
-nondeterministic operations do there.
+dL/dW has two kernels, chosen by K (measured on an H200: benchmarks/triton_kernels.py, README):
+- K <= DENSE_GRAD_WEIGHT_MAX_K: ``grad_weight_dense``, one program per input and block of outputs, adding
+  basis^T @ g by tl.dot over all rows: no atomic adds, the same result in every run, and 1.9-7.2x faster
+  than the atomic kernel there (rows that share a segment fight over the same entries);
+- larger K: ``grad_weight``, atomic adds per row, whose float rounding can differ from run to run. Under
+  ``torch.use_deterministic_algorithms(True)`` such layers take the gather path instead (see ``supports``).
+  Its warn-only form (``warn_only=True``, what Lightning's ``deterministic="warn"`` sets, and so what
+  ``langinterp train`` runs under on a GPU) keeps the kernel, which warns once, as torch's own
+  nondeterministic operations do there.
 Float16, bfloat16 and float32 weights compute in float32 (dL/dW accumulates in float32), float64 in float64.
 
 Triton is imported only when a kernel first runs. With ``TRITON_INTERPRET=1`` set before that, Triton runs
@@ -37,6 +41,29 @@ OUTPUTS_PER_PROGRAM = 64
 WARPS = 8
 
 
+# The dense dL/dW kernel's largest K: at K <= 64 it beat the atomic kernel in every measured case, at
+# K = 129 it lost (benchmarks/triton_kernels.py on an H200, README).
+DENSE_GRAD_WEIGHT_MAX_K = 64
+
+
+def inputs_per_step(n: int, programs: int, device: torch.device) -> int:
+    """The forward kernel's inputs per step (see triton_kernels.forward).
+
+    Several inputs per step overlap their memory latencies inside a program but take more registers (about
+    8 weight tiles in flight fit in sm_90's, tests/test_triton.py). That pays while the grid leaves the GPU
+    idle, at most two programs per multiprocessor, and lost up to 1.7x on fuller grids (measured, README),
+    where the programs hide each other's latency.
+    """
+    if device.type == "cuda" and programs > 2 * _multiprocessors(device):
+        return 1
+    return max(1, 8 // n)
+
+
+@cache
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 @torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether Triton is installed (it comes with PyTorch's CUDA builds)."""
@@ -51,13 +78,19 @@ def strictly_deterministic() -> bool:
     )
 
 
+def repeatable(weight: Tensor) -> bool:
+    """Whether dL/dW of this weight [in, K, out] takes the dense kernel, which adds in a fixed order."""
+    return weight.shape[1] <= DENSE_GRAD_WEIGHT_MAX_K
+
+
 def supports(x: Tensor, weight: Tensor) -> bool:
-    """Whether the Triton path handles these tensors: CUDA, a float type, nondeterminism allowed, Triton."""
+    """Whether the Triton path handles these tensors: CUDA, a float type, Triton, and nondeterminism allowed
+    unless dL/dW is repeatable."""
     return (
         x.device.type == "cuda"
         and weight.device.type == "cuda"
         and weight.dtype in FLOAT_TYPES
-        and not strictly_deterministic()
+        and (repeatable(weight) or not strictly_deterministic())
         and available()
     )
 
@@ -77,7 +110,7 @@ def _basis_constants(n: int, dtype: torch.dtype, device: torch.device) -> tuple[
 
 
 def _launch(name: str, grid: tuple[int, ...], tensors: list[Tensor], x: Tensor, weight: Tensor, n: int,
-            segments: int, step: int) -> None:  # fmt: skip
+            segments: int, step: int, **blocks: int) -> None:  # fmt: skip
     import triton.language as tl
 
     from . import triton_kernels
@@ -91,7 +124,7 @@ def _launch(name: str, grid: tuple[int, ...], tensors: list[Tensor], x: Tensor, 
         getattr(triton_kernels, name)[grid](
             *tensors, nodes, inverse, x.shape[0], inputs, outputs, K, segments,
             STRIDE=step, N=n, ACC=tl.float64 if compute == torch.float64 else tl.float32,
-            BR=ROWS_PER_PROGRAM, BO=OUTPUTS_PER_PROGRAM, num_warps=WARPS,
+            **{"BR": ROWS_PER_PROGRAM, "BO": OUTPUTS_PER_PROGRAM, **blocks}, num_warps=WARPS,
         )  # fmt: skip
 
 
@@ -104,10 +137,11 @@ def piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Te
     """y[r, o] = sum_i sum_k phi_k(t_ri) weight[i, j_ri * step + k, o]; x [rows, in], weight [in, K, out]."""
     x, weight = x.contiguous(), weight.contiguous()
     rows, outputs = x.shape[0], weight.shape[2]
-    y = x.new_zeros(rows, outputs, dtype=weight.dtype)
+    y = x.new_empty(rows, outputs, dtype=weight.dtype)  # the kernel writes every entry
     if rows:
         grid = (_tiles(rows, ROWS_PER_PROGRAM), _tiles(outputs, OUTPUTS_PER_PROGRAM))
-        _launch("forward", grid, [x, weight, y], x, weight, n, segments, step)
+        steps = inputs_per_step(n, grid[0] * grid[1], x.device)
+        _launch("forward", grid, [x, weight, y], x, weight, n, segments, step, BI=steps)
     return y
 
 
@@ -120,7 +154,7 @@ def _(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
 def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """dL/dx = dt/dx sum_k phi_k'(t) <weight row, grad>."""
     x, grad, weight = x.contiguous(), grad.contiguous(), weight.contiguous()
-    result = torch.zeros_like(x)
+    result = torch.empty_like(x)  # the kernel writes every entry
     if x.shape[0]:
         grid = (_tiles(x.shape[0], ROWS_PER_PROGRAM), x.shape[1])
         _launch("grad_input", grid, [x, weight, grad, result], x, weight, n, segments, step)
@@ -137,17 +171,27 @@ def piecewise_grad_weight(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape and type (the gradient is linear in phi)."""
-    if torch.are_deterministic_algorithms_enabled():  # warn-only: strict mode never reaches this op
-        warnings.warn(
-            "the piecewise layers' Triton dL/dW adds atomically and is not bit-for-bit repeatable; "
-            "torch.use_deterministic_algorithms(True) without warn_only makes them take the gather path",
-            UserWarning,
-            stacklevel=2,
-        )
     x, grad = x.contiguous(), grad.contiguous()
+    inputs, K, outputs = weight.shape
+    if repeatable(weight):
+        result = torch.empty_like(weight, memory_format=torch.contiguous_format)  # every entry is written
+        columns = max(16, 1 << (K - 1).bit_length())  # tl.dot's sides are powers of two, at least 16
+        rows = max(16, min(64, 2048 // columns))  # the [rows, columns] basis tile stays in registers
+        grid = (inputs, _tiles(outputs, OUTPUTS_PER_PROGRAM))
+        _launch("grad_weight_dense", grid, [x, grad, result], x, weight, n, segments, step, BR=rows,
+                KP=columns)  # fmt: skip
+        return result
+    # Warn-only mode, or strict mode with the path forced (layer.path = "triton"): say what it costs.
+    if torch.are_deterministic_algorithms_enabled():
+        warnings.warn(
+            f"the piecewise layers' Triton dL/dW adds atomically when K > {DENSE_GRAD_WEIGHT_MAX_K} and is "
+            "not bit-for-bit repeatable; torch.use_deterministic_algorithms(True) without warn_only makes "
+            "such layers take the gather path",
+            UserWarning,
+            stacklevel=1,
+        )
     total = torch.zeros(weight.shape, dtype=_compute_dtype(weight), device=weight.device)
     if x.shape[0]:
-        inputs, _, outputs = weight.shape
         grid = (_tiles(x.shape[0], ROWS_PER_PROGRAM), inputs, _tiles(outputs, OUTPUTS_PER_PROGRAM))
         _launch("grad_weight", grid, [x, grad, total], x, weight, n, segments, step)
     return total.to(weight.dtype)
