@@ -216,6 +216,23 @@ def _quiet_lightning() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _torch_flags_kept() -> Iterator[None]:
+    """Put back torch's deterministic mode and cuDNN flags, which Lightning's Trainer sets for the process.
+
+    Otherwise a training run on the CPU (strict deterministic mode) leaves later work in the same process,
+    a notebook's or a test's, under that mode: CUDA operations without a deterministic form then raise, and
+    the piecewise layers avoid their atomic Triton kernel."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+@contextlib.contextmanager
 def _children_know(name: str) -> Iterator[None]:
     """Tell DDP child processes (which inherit the environment) which run directory they belong to."""
     previous = os.environ.get(RUN_ENV)
@@ -284,7 +301,7 @@ def train(
     if ckpt_path is not None and is_global_zero():
         atomic_write(run.recipe_path, recipe.to_toml())
         run.update_info(status="running")
-    with _quiet_lightning():
+    with _quiet_lightning(), _torch_flags_kept():
         pl.seed_everything(options["seed"], workers=True, verbose=False)
         module = CharLM(recipe)
         datamodule = TrainingData(recipe, reads=module.model.reads, mirror=mirror)

@@ -20,8 +20,9 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
 - ``triton`` for larger K on CUDA when Triton is installed: Triton kernels (triton_ops.py) that, like the CPU
-  kernel, touch only the active rows; not under torch.use_deterministic_algorithms (dL/dW adds atomically).
-- ``gather`` for larger K elsewhere (no compiler, no Triton, deterministic mode on CUDA, other devices):
+  kernel, touch only the active rows; for K > 64 not under strict torch.use_deterministic_algorithms (their
+  dL/dW then adds atomically).
+- ``gather`` for larger K elsewhere (no compiler, no Triton, that deterministic mode, other devices):
   embedding_bag over the flattened row indices with the basis values as per-sample weights; exact, memory
   independent of segments, but its CPU backward is slow, hence the kernels.
 """
