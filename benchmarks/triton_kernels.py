@@ -2,9 +2,9 @@
 
     python benchmarks/triton_kernels.py [--batches 1024 16384] [--out FILE]
 
-Needs CUDA. For every case (in, out, n, segments) of benchmarks/layers.py that takes the Triton path (K
-above the dense path's limit), and at each batch, it times with ``triton.testing.do_bench`` (kernel time
-on the GPU, no Python around it):
+Needs CUDA. For each case (in, out, n, segments) of benchmarks/layers.py that takes the Triton path (K
+above the dense path's limit), and (250, 250, 5, 8) for n = 5, at each batch, it times with
+``triton.testing.do_bench`` (GPU time of each call, the op's own allocations included):
 
 - the forward kernel with one input per step and with ``max(1, 8 // n)`` (triton_ops.inputs_per_step
   picks the second only for grids of at most two programs per multiprocessor), against x @ W for
