@@ -173,6 +173,8 @@ def piecewise_grad_weight(
     """dL/dweight; ``weight`` supplies only the shape and type (the gradient is linear in phi)."""
     x, grad = x.contiguous(), grad.contiguous()
     inputs, K, outputs = weight.shape
+    if not x.shape[0]:
+        return torch.zeros_like(weight, memory_format=torch.contiguous_format)
     if repeatable(weight):
         result = torch.empty_like(weight, memory_format=torch.contiguous_format)  # every entry is written
         columns = max(16, 1 << (K - 1).bit_length())  # tl.dot's sides are powers of two, at least 16
@@ -191,9 +193,8 @@ def piecewise_grad_weight(
             stacklevel=1,
         )
     total = torch.zeros(weight.shape, dtype=_compute_dtype(weight), device=weight.device)
-    if x.shape[0]:
-        grid = (_tiles(x.shape[0], ROWS_PER_PROGRAM), inputs, _tiles(outputs, OUTPUTS_PER_PROGRAM))
-        _launch("grad_weight", grid, [x, grad, total], x, weight, n, segments, step)
+    grid = (_tiles(x.shape[0], ROWS_PER_PROGRAM), inputs, _tiles(outputs, OUTPUTS_PER_PROGRAM))
+    _launch("grad_weight", grid, [x, grad, total], x, weight, n, segments, step)
     return total.to(weight.dtype)
 
 
