@@ -135,42 +135,39 @@ def test_triton_op_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda a, w: triton_ops.piecewise(a, w, 3, 2, 2), (x, weight))
 
 
+@pytest.fixture
+def deterministic_mode_kept():
+    """Whatever deterministic mode a test sets, the next test starts with the one before it."""
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the automatic choice of Triton needs CUDA")
-def test_cuda_picks_triton_unless_deterministic():
+def test_cuda_picks_triton_unless_deterministic(deterministic_mode_kept):
     layer = layer_on("auto", "continuous", 2, 64, dtype=torch.float32)  # K = 65: the atomic dL/dW
     repeatable = layer_on("auto", "continuous", 2, 32, dtype=torch.float32)  # K = 33: the dense dL/dW
     x = torch.rand(8, 3, device="cuda")
     assert layer.choose_path(x) == "triton"
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        torch.use_deterministic_algorithms(True)
-        assert layer.choose_path(x) == "gather"
-        assert repeatable.choose_path(x) == "triton"
-        torch.use_deterministic_algorithms(True, warn_only=True)  # what training on a GPU runs under
-        assert layer.choose_path(x) == "triton"
-        with pytest.warns(UserWarning, match="not bit-for-bit repeatable"):
-            layer(x.requires_grad_()).sum().backward()
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    torch.use_deterministic_algorithms(True)
+    assert layer.choose_path(x) == "gather"
+    assert repeatable.choose_path(x) == "triton"
+    torch.use_deterministic_algorithms(True, warn_only=True)  # what training on a GPU runs under
+    assert layer.choose_path(x) == "triton"
+    with pytest.warns(UserWarning, match="not bit-for-bit repeatable"):
+        layer(x.requires_grad_()).sum().backward()
 
 
 @pytest.mark.parametrize(
     ("mode", "strict"),
     [({"mode": False}, False), ({"mode": True}, True), ({"mode": True, "warn_only": True}, False)],
 )
-def test_only_strict_deterministic_mode_rules_out_the_atomic_adds(mode, strict):
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    )
-    try:
-        torch.use_deterministic_algorithms(**mode)
-        assert triton_ops.strictly_deterministic() is strict
-    finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+def test_only_strict_deterministic_mode_rules_out_the_atomic_adds(deterministic_mode_kept, mode, strict):
+    torch.use_deterministic_algorithms(**mode)
+    assert triton_ops.strictly_deterministic() is strict
 
 
 # Compiles every kernel as a GPU run would, without a GPU: through Triton's IR and PTX to a cubin for sm_90
