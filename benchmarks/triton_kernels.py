@@ -6,8 +6,8 @@ Needs CUDA. For each case (in, out, n, segments) of benchmarks/layers.py that ta
 above the dense path's limit), and (250, 250, 5, 8) for n = 5, at each batch, it times with
 ``triton.testing.do_bench`` (GPU time of each call, the op's own allocations included):
 
-- the forward kernel with one input per step and with ``max(1, 8 // n)`` (triton_ops.inputs_per_step
-  picks the second only for grids of at most two programs per multiprocessor), against x @ W for
+- the forward kernel with one input per step and with ``triton_ops.most_inputs_per_step(n)`` (which
+  inputs_per_step picks only for grids of at most two programs per multiprocessor), against x @ W for
   x [batch, in*n], W [in*n, out];
 - dL/dW by the atomic kernel and by the dense kernel (triton_ops picks the dense one for K <= 64), in
   float32, against x^T @ g; with each one's largest error against the dense kernel in float64, relative
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from langinterp.layers import triton_ops
+from langinterp.layers import triton_ops, weights_per_link
 
 CASES = [(16, 250, 2, 128), (250, 250, 3, 8), (250, 250, 2, 32), (128, 128, 2, 128), (250, 250, 5, 8)]
 
@@ -48,15 +48,19 @@ def bench_ms(step: Callable[[], object], device: str) -> float:
 
 
 def forward_row(rows: int, inputs: int, outputs: int, n: int, segments: int, device: str = "cuda") -> dict:
-    K = (n - 1) * segments + 1
+    K = weights_per_link("continuous", n, segments)
     torch.manual_seed(0)
     weight = torch.randn(inputs, K, outputs, device=device)
     x = torch.rand(rows, inputs, device=device) * 2.2 - 1.1
-    grid = (-(-rows // triton_ops.ROWS_PER_PROGRAM), -(-outputs // triton_ops.OUTPUTS_PER_PROGRAM))
+    grid = (
+        triton_ops._tiles(rows, triton_ops.ROWS_PER_PROGRAM),
+        triton_ops._tiles(outputs, triton_ops.OUTPUTS_PER_PROGRAM),
+    )
+    most = triton_ops.most_inputs_per_step(n)
     row = {"rows": rows, "in": inputs, "out": outputs, "n": n, "segments": segments}
-    row["programs"] = grid[0] * grid[1]
+    row.update(programs=grid[0] * grid[1], most_inputs_per_step=most)
     results = {}
-    for steps in sorted({1, max(1, 8 // n)}):
+    for steps in sorted({1, most}):
         y = torch.empty(rows, outputs, device=device)
 
         def launch(steps: int = steps, y: torch.Tensor = y) -> None:
@@ -75,7 +79,7 @@ def forward_row(rows: int, inputs: int, outputs: int, n: int, segments: int, dev
 def grad_weight_row(
     rows: int, inputs: int, outputs: int, n: int, segments: int, device: str = "cuda"
 ) -> dict:
-    K = (n - 1) * segments + 1
+    K = weights_per_link("continuous", n, segments)
     torch.manual_seed(1)
     x = torch.rand(rows, inputs, device=device) * 2.2 - 1.1
     grad = torch.randn(rows, outputs, device=device)
@@ -107,7 +111,7 @@ def tables(forward: list[dict], grad_weight: list[dict]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in forward:
-        many = r.get(f"inputs_per_step_{max(1, 8 // r['n'])}_ms", r["inputs_per_step_1_ms"])
+        many = r[f"inputs_per_step_{r['most_inputs_per_step']}_ms"]
         lines.append(
             f"| {r['rows']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['programs']} "
             f"| {r['inputs_per_step_1_ms']:.3f} | {many:.3f} | {r['matmul_ms']:.3f} | {r['same_bits']} |"

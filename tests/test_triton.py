@@ -180,13 +180,12 @@ import pathlib
 import re
 import subprocess
 import tempfile
-import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from langinterp.layers import triton_kernels
-from langinterp.layers.triton_ops import OUTPUTS_PER_PROGRAM, ROWS_PER_PROGRAM, WARPS, inputs_per_step
+from langinterp.layers.triton_ops import OUTPUTS_PER_PROGRAM, ROWS_PER_PROGRAM, WARPS, most_inputs_per_step
 
 compiled = []
 for storage, compute, n in (("fp32", "fp32", 2), ("bf16", "fp32", 3), ("fp64", "fp64", 5)):
@@ -195,7 +194,7 @@ for storage, compute, n in (("fp32", "fp32", 2), ("bf16", "fp32", 3), ("fp64", "
         constants = {
             "STRIDE": n - 1, "N": n, "ACC": tl.float64 if compute == "fp64" else tl.float32,
             "BR": ROWS_PER_PROGRAM, "BO": OUTPUTS_PER_PROGRAM,
-            "BI": inputs_per_step(n, 1, torch.device("cpu")),  # a small grid's
+            "BI": most_inputs_per_step(n),
             "KP": 64,  # the dense dL/dW's widest tile (K <= 64), with its 32 rows
         }
         constants = {arg: value for arg, value in constants.items() if arg in kernel.arg_names}

@@ -46,17 +46,22 @@ WARPS = 8
 DENSE_GRAD_WEIGHT_MAX_K = 64
 
 
+def most_inputs_per_step(n: int) -> int:
+    """The forward kernel's inputs per step on small grids: about 8 weight tiles in flight, which compiled
+    for sm_90 stay within the registers (tests/test_triton.py)."""
+    return max(1, 8 // n)
+
+
 def inputs_per_step(n: int, programs: int, device: torch.device) -> int:
     """The forward kernel's inputs per step (see triton_kernels.forward).
 
-    Several inputs per step overlap their memory latencies inside a program but take more registers (about
-    8 weight tiles in flight fit in sm_90's, tests/test_triton.py). That pays while the grid leaves the GPU
-    idle, at most two programs per multiprocessor, and lost up to 1.7x on fuller grids (measured, README),
-    where the programs hide each other's latency.
+    Several inputs per step overlap their memory latencies inside a program but take more registers. That
+    pays while the grid leaves the GPU idle, at most two programs per multiprocessor, and lost up to 1.7x
+    on fuller grids (measured, README), where the programs hide each other's latency.
     """
     if device.type == "cuda" and programs > 2 * _multiprocessors(device):
         return 1
-    return max(1, 8 // n)
+    return most_inputs_per_step(n)
 
 
 @cache
