@@ -1,6 +1,7 @@
 """Speed and memory of the high-order layers against nn.Linear and high-order-layers-torch.
 
-    python benchmarks/layers.py [--quick] [--passes] [--device cpu|cuda] [--out FILE]
+    python benchmarks/layers.py [--quick] [--passes] [--device cpu|cuda] [--path P] [--segments S ...]
+                                [--out FILE]
 
 For every case (in, out, n, segments) at batch 1024, on the CPU with one thread and with all threads (or,
 with --device cuda, once on the GPU, where the layers take their Triton path), it times a
@@ -20,6 +21,11 @@ memory are scaled linearly to 1024, which is how that copy grows. Prints a table
 graph), dL/dx (the weights frozen) and dL/dW (the input needing no gradient), the backward passes timed
 without the forward pass that precedes them; a second table, and {"passes": [...]} in the JSON. It shows
 where the gap to a matmul lies.
+
+--path forces the path of our hidden and real-valued input layers (HighOrderLinear.path: dense, kernel,
+triton, gather; see langinterp/layers/piecewise.py) instead of the one it would choose, to compare them on
+the same cases; the layer over character codes has no such choice and is left out. Every row records the
+path that ran. --segments keeps only the cases with those segment counts.
 """
 
 import argparse
@@ -33,7 +39,15 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from langinterp.layers import CharacterInput, HighOrderLinear, codes_to_unit, weights_per_link
+from langinterp.layers import (
+    CharacterInput,
+    HighOrderLinear,
+    codes_to_unit,
+    kernel,
+    triton_ops,
+    weights_per_link,
+)
+from langinterp.layers.piecewise import PATHS
 
 BATCH = 1024
 CASES = [
@@ -117,18 +131,25 @@ def pass_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     return step
 
 
-def layer_and_input(case: tuple, device: str) -> tuple[nn.Module, torch.Tensor]:
-    """Our layer for a case and a batch for it: character codes for the input layer over codes, else reals
-    in [-1, 1)."""
+def layer_and_input(case: tuple, device: str, path: str = "auto") -> tuple[nn.Module, torch.Tensor]:
+    """Our layer for a case, on ``path`` (a HighOrderLinear's; the layer over codes has none), and a batch
+    for it: character codes for the input layer over codes, else reals in [-1, 1)."""
     name, inputs, outputs, n, segments = case
     if name == "input codes":
+        if path != "auto":
+            raise ValueError(f"the input layer over character codes has no path to force, got {path!r}")
         return (
             CharacterInput(inputs, outputs, n, segments).to(device),
             torch.randint(0, 128, (BATCH, inputs), device=device),
         )
-    return HighOrderLinear(inputs, outputs, n, segments).to(device), torch.rand(
-        BATCH, inputs, device=device
-    ) * 2 - 1
+    layer = HighOrderLinear(inputs, outputs, n, segments).to(device)
+    layer.path = path
+    return layer, torch.rand(BATCH, inputs, device=device) * 2 - 1
+
+
+def path_taken(layer: nn.Module, x: torch.Tensor) -> str:
+    """The path our layer takes on x: a HighOrderLinear's choice, or ``codes`` for the layer over codes."""
+    return layer.choose_path(x) if isinstance(layer, HighOrderLinear) else "codes"
 
 
 def forward_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
@@ -169,13 +190,13 @@ def backward_ms(module: nn.Module, x: torch.Tensor, wrt: str, repeats: int, warm
     return statistics.median(times)
 
 
-def measure_passes(case: tuple, threads: int, quick: bool, device: str = "cpu") -> dict:
+def measure_passes(case: tuple, threads: int, quick: bool, device: str = "cpu", path: str = "auto") -> dict:
     """Each pass of our layer and of nn.Linear(in*n, out) alone (see the module docstring)."""
     name, inputs, outputs, n, segments = case
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     repeats, warmup = (5, 2) if quick else (15, 3)
-    ours, x = layer_and_input(case, device)
+    ours, x = layer_and_input(case, device, path)
     linear, wide = (
         nn.Linear(inputs * n, outputs, bias=False).to(device),
         torch.randn(BATCH, inputs * n, device=device),
@@ -191,6 +212,7 @@ def measure_passes(case: tuple, threads: int, quick: bool, device: str = "cpu") 
         "segments": segments,
         "threads": threads,
         "device": device,
+        "path": path_taken(ours, x),
     }
     forward_ms = median_ms(forward, repeats, warmup)
     row["forward_ms"], row["linear_forward_ms"] = forward_ms["ours"], forward_ms["linear"]
@@ -210,14 +232,14 @@ def oracle(n: int, inputs: int, outputs: int, segments: int, device: str) -> nn.
     return PiecewisePolynomial(n, inputs, outputs, segments, device=device)
 
 
-def measure(case: tuple, threads: int, quick: bool, device: str = "cpu") -> dict:
+def measure(case: tuple, threads: int, quick: bool, device: str = "cpu", path: str = "auto") -> dict:
     name, inputs, outputs, n, segments = case
     kind = "continuous"
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     repeats, warmup = (5, 2) if quick else (15, 3)
     hidden = name == "hidden"
-    layer, layer_input = layer_and_input(case, device)
+    layer, layer_input = layer_and_input(case, device, path)
     # The Linear layers read the codes' values; the input of a hidden layer needs a gradient.
     x = codes_to_unit(layer_input) if name == "input codes" else layer_input.requires_grad_(hidden)
     ours = pass_of(layer, layer_input)
@@ -231,7 +253,7 @@ def measure(case: tuple, threads: int, quick: bool, device: str = "cpu") -> dict
         steps = {key: synchronized(step) for key, step in steps.items()}
     row = {
         "case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads,
-        "device": device,
+        "device": device, "path": path_taken(layer, layer_input),
     }  # fmt: skip
     turns = turns_ms(steps, repeats, warmup)
     for key, milliseconds in turns.items():
@@ -304,6 +326,25 @@ def passes_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def path_problem(path: str, device: str) -> str | None:
+    """Why ``path`` cannot be forced on ``device`` in this process, or None when it can."""
+    if path == "kernel" and (device != "cpu" or not kernel.available()):
+        return "--path kernel needs --device cpu and the compiled CPU kernel"
+    if path == "triton" and (device != "cuda" or not triton_ops.available()):
+        return "--path triton needs --device cuda and Triton"
+    return None
+
+
+def chosen_cases(segments: list[int] | None, path: str) -> list[tuple]:
+    """The cases to run: those with one of ``segments`` (all when None), less the layer over codes when a
+    path is forced."""
+    return [
+        case
+        for case in CASES
+        if (segments is None or case[4] in segments) and (path == "auto" or case[0] != "input codes")
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; under a minute on 2 cores")
@@ -312,17 +353,30 @@ def main() -> None:
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the layers run")
     parser.add_argument("--passes", action="store_true", help="also time each pass alone against a Linear's")
+    parser.add_argument("--path", choices=PATHS, default="auto", help="force our layers' path")
+    parser.add_argument("--segments", type=int, nargs="+", help="only the cases with these segment counts")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a GPU, and torch sees none")
+    if problem := path_problem(args.path, args.device):
+        parser.error(problem)
+    cases = chosen_cases(args.segments, args.path)
+    if not cases:
+        parser.error("no case has those segment counts")
     all_threads = torch.get_num_threads()
     counts = sorted({1, all_threads}) if args.device == "cpu" else [all_threads]
-    rows = [measure(case, threads, args.quick, args.device) for case in CASES for threads in counts]
+    if args.path != "auto":
+        print(f"path forced: {args.path}")
+    rows = [
+        measure(case, threads, args.quick, args.device, args.path) for case in cases for threads in counts
+    ]
     result = {"rows": rows}
     print(table(rows))
     if args.passes:
         result["passes"] = [
-            measure_passes(case, threads, args.quick, args.device) for case in CASES for threads in counts
+            measure_passes(case, threads, args.quick, args.device, args.path)
+            for case in cases
+            for threads in counts
         ]
         print()
         print(passes_table(result["passes"]))

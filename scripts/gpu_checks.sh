@@ -7,8 +7,9 @@
 # 1. The tests that skip without CUDA, and their neighbours: the layers' Triton kernels compiled for the GPU
 #    (tests/test_triton.py runs them in Triton's interpreter only where there is no GPU), the layers' CUDA
 #    and bf16-autocast cases, Mamba's scans on CUDA (mamba-ssm's kernel when it is installed).
-# 2. benchmarks/layers.py --device cuda --passes (the layers' Triton path against cuBLAS) and
-#    benchmarks/triton_kernels.py (the kernels' variants alone).
+# 2. benchmarks/layers.py --device cuda --passes (the layers' Triton path against cuBLAS), the same for the
+#    2-segment cases forced onto the Triton path (on CUDA they take the dense path, pure PyTorch there:
+#    would Triton be faster?) and benchmarks/triton_kernels.py (the kernels' variants alone).
 # 3. Every neural family trained on CUDA as `langinterp train` runs it there (bf16-mixed), unchanged but for
 #    a local book and a few steps, then `generate` and `evaluate` on the run; `recipes/mamba.toml` a second
 #    time with mamba-ssm's import blocked when it is installed (the pure-PyTorch scan on CUDA); the automaton.
@@ -48,7 +49,7 @@ step() {  # step LOG SECONDS NAME COMMAND...: run COMMAND under a time limit, it
     fi
 }
 
-"$python" - <<'PY' 2>&1 | tee "$out/environment.txt" || exit 1
+"$python" - <<'PY' 2>&1 | tee "$out/tests.log" || exit 1  # the environment heads the tests' log
 import importlib.util, os, torch
 assert torch.cuda.is_available(), "no CUDA device: these checks need one"
 print("torch", torch.__version__, "on", torch.cuda.get_device_name(), "with", os.cpu_count(), "CPUs")
@@ -66,6 +67,9 @@ tail -n 3 "$out/tests.log"
 step layers_cuda.log 150 "layer benchmark" "$python" benchmarks/layers.py --device cuda --passes \
     --out "$out/layers_cuda.json"
 tail -n 22 "$out/layers_cuda.log"
+step layers_cuda.log 90 "layer benchmark, 2 segments on the Triton path" "$python" benchmarks/layers.py \
+    --device cuda --passes --quick --path triton --segments 2 --out "$out/layers_cuda_triton.json"
+tail -n 10 "$out/layers_cuda.log"
 step triton_kernels.log 150 "Triton kernel benchmark" "$python" benchmarks/triton_kernels.py \
     --out "$out/triton_kernels.json"
 tail -n 26 "$out/triton_kernels.log"

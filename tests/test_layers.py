@@ -147,6 +147,28 @@ def test_choose_path_by_weights_per_link():
     assert large.choose_path(x.to("meta")) in {"gather", "kernel"}
 
 
+@pytest.mark.parametrize(
+    ("kind", "n", "segments", "with_kernel", "elsewhere"),
+    [
+        ("continuous", 2, 3, "dense", "dense"),  # K = 4 = 2n
+        ("continuous", 2, 4, "kernel", "dense"),  # K = 5: past 2n, within 4n
+        ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
+        ("continuous", 5, 2, "dense", "dense"),  # K = 9 <= 2n
+        ("continuous", 3, 4, "kernel", "dense"),  # K = 9 > 2n
+        ("discontinuous", 1, 3, "dense", "dense"),  # n = 1: dense up to K = 3
+        ("discontinuous", 1, 4, "kernel", "dense"),
+        ("discontinuous", 1, 5, "kernel", "gather"),
+    ],
+)
+def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
+    """Against the compiled kernel dense is taken up to K = max(2n, 3) (benchmarks/paths.py); against the
+    gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
+    layer = HighOrderLinear(3, 2, n, segments, kind=kind)
+    if layer_kernel.available():
+        assert layer.choose_path(torch.zeros(1, 3)) == with_kernel
+    assert layer.to(torch.bfloat16).choose_path(torch.zeros(1, 3, dtype=torch.bfloat16)) == elsewhere
+
+
 def test_validation_messages():
     with pytest.raises(ValueError, match="kind"):
         HighOrderLinear(2, 2, 2, 2, kind="spline")

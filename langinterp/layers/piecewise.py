@@ -10,12 +10,15 @@ The layer computes y[..., o] = sum_i sum_k phi_k(t_i) weight[i, j_i * stride + k
 table of in*K rows, each input activates n rows, so the work is that of a dense Linear(in*n -> out). The
 path is chosen per call (``path = "auto"``), or forced by setting the ``path`` attribute:
 
-- ``dense`` when K <= DENSE_RATIO * n: scatter the n basis values of each input into a [rows, in*K] matrix
-  and do one matmul (BLAS; runs anywhere, autocasts), costing K/n times the minimum, so only for small K.
-  Autograd keeps the basis for dL/dW, as a Linear keeps its input. On CPU in float32/float64 the basis
-  matrix and dL/dx are built in C (kernel.py, one pass per row); else by PyTorch operations, with autograd
-  supplying the derivatives. Measured against the kernel at batch 1024, dense wins up to K = 4n (K = 3,
-  n = 2 and K = 9, n = 5: 1.6-2x faster) and loses beyond (K = 17, n = 3: 2x slower).
+- ``dense`` for small K (``dense_pays``): scatter the n basis values of each input into a [rows, in*K]
+  matrix and do one matmul (BLAS; runs anywhere, autocasts), costing K/n times the minimum. Autograd keeps
+  the basis for dL/dW, as a Linear keeps its input. On CPU in float32/float64 the basis matrix and dL/dx
+  are built in C (kernel.py, one pass per row); else by PyTorch operations, with autograd supplying the
+  derivatives. Where the compiled kernel runs, dense is taken up to K = max(2n, 3): benchmarks/paths.py
+  times both at batch 1024; with n >= 2 dense wins or ties up to K/n = 2 and loses beyond (at K/n = 2.5-4
+  the kernel is 1.1-1.9x faster); with n = 1, where the kernel does least per row it fetches, dense wins
+  up to K = 3 and ties at 4. Elsewhere the alternative is the slow gather path, or Triton, not timed at
+  small K, so dense is kept up to K = 4n.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
@@ -37,6 +40,13 @@ from .init import initialize
 
 PATHS = ("auto", "dense", "kernel", "triton", "gather")
 DENSE_RATIO = 4
+
+
+def dense_pays(per_link: int, n: int, on_kernel: bool) -> bool:
+    """Whether the dense path is the faster one for ``per_link`` (K) weights per link and n nodes, against
+    the compiled kernel (``on_kernel``) or the other paths (see the module docstring for the measurements)."""
+    limit = max(2 * n, 3) if on_kernel else DENSE_RATIO * n
+    return per_link <= limit
 
 
 def active_rows(x: Tensor, nodes: Tensor, segments: int, step: int, K: int) -> tuple[Tensor, Tensor]:
@@ -89,9 +99,10 @@ class HighOrderLinear(nn.Module):
             if self.path not in PATHS:
                 raise ValueError(f"unknown path {self.path!r}; expected one of {', '.join(PATHS)}")
             return self.path
-        if self.weights_per_link <= DENSE_RATIO * self.n:
+        on_kernel = kernel.supports(x, self.weight)
+        if dense_pays(self.weights_per_link, self.n, on_kernel):
             return "dense"
-        if kernel.supports(x, self.weight):
+        if on_kernel:
             return "kernel"
         return "triton" if triton_ops.supports(x, self.weight) else "gather"
 

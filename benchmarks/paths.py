@@ -1,0 +1,110 @@
+"""Where the dense path stops paying on the CPU: both paths of a layer against the matmul, by K/n.
+
+    python benchmarks/paths.py [--quick] [--out FILE]
+
+A HighOrderLinear with K weights per link and n nodes can take the dense path (a [rows, in*K] basis matrix
+times the weight table: K/n times a Linear's multiply-adds, at BLAS speed) or the compiled kernel (the n
+active rows of each input only, at a few times a Linear's cost per multiply-add). For each case (kind, n,
+segments) below, at batch 1024 with 250 inputs and outputs, with one thread and with all threads, it times
+a forward+backward pass of the layer forced onto each path and of nn.Linear(in*n, out), taking turns in
+this one process (the input needs a gradient, as in a hidden layer), and reports each path as the median
+over turns of its ratio to the Linear, the faster path, and the one ``path = "auto"`` picks
+(piecewise.dense_pays). These are the measurements behind that rule. Prints a table; writes JSON
+{"rows": [...]} to --out (default benchmarks/results/paths.json). Needs the compiled CPU kernel.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from layers import BATCH, pass_of, turns_ms
+from torch import nn
+
+from langinterp.layers import HighOrderLinear, kernel
+
+WIDTH = 250
+CASES = [
+    ("continuous", 2, 2),
+    ("continuous", 3, 2),
+    ("continuous", 5, 2),
+    ("discontinuous", 1, 2),
+    ("continuous", 2, 3),
+    ("discontinuous", 2, 2),
+    ("discontinuous", 3, 2),
+    ("continuous", 2, 4),
+    ("continuous", 4, 3),
+    ("continuous", 3, 4),
+    ("discontinuous", 1, 3),
+    ("continuous", 5, 4),
+    ("discontinuous", 1, 4),
+    ("continuous", 2, 7),
+    ("discontinuous", 1, 8),
+]
+
+
+def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width: int = WIDTH) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x = (torch.rand(BATCH, width) * 2 - 1).requires_grad_()
+    steps = {}
+    for path in ("dense", "kernel"):
+        layer = HighOrderLinear(width, width, n, segments, kind=kind)
+        layer.path = path
+        steps[path] = pass_of(layer, x)
+    wide = torch.randn(BATCH, width * n, requires_grad=True)
+    steps["linear"] = pass_of(nn.Linear(width * n, width, bias=False), wide)
+    turns = turns_ms(steps, repeats, 3)
+    layer.path = "auto"
+    row = {"kind": kind, "n": n, "segments": segments, "K": layer.weights_per_link, "threads": threads}
+    row["linear_ms"] = statistics.median(turns["linear"])
+    for path in ("dense", "kernel"):
+        row[f"{path}_ms"] = statistics.median(turns[path])
+        row[f"{path}_ratio"] = statistics.median(
+            a / b for a, b in zip(turns[path], turns["linear"], strict=True)
+        )
+    row["faster"] = "dense" if row["dense_ratio"] <= row["kernel_ratio"] else "kernel"
+    row["auto"] = layer.choose_path(x)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| kind | n | segments | K | K/n | threads | Linear(in*n) ms | dense / Linear | kernel / Linear "
+        "| faster | auto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['kind']} | {r['n']} | {r['segments']} | {r['K']} | {r['K'] / r['n']:.2f} | {r['threads']} "
+            f"| {r['linear_ms']:.2f} | {r['dense_ratio']:.2f} | {r['kernel_ratio']:.2f} | {r['faster']} "
+            f"| {r['auto']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer turns; about a minute on 2 cores")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "paths.json"
+    )
+    args = parser.parse_args()
+    if not kernel.available():
+        parser.error("the compiled CPU kernel is not available (no C++ compiler, or LANGINTERP_KERNEL=0)")
+    all_threads = torch.get_num_threads()
+    rows = [
+        measure(kind, n, segments, threads, 5 if args.quick else 21)
+        for kind, n, segments in CASES
+        for threads in sorted({1, all_threads})
+    ]
+    torch.set_num_threads(all_threads)
+    print(table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""benchmarks/paths.py and benchmarks/layers.py's forced paths: their rows on tiny layers (nothing timed
+is checked, only what the rows say), and their refusals."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from langinterp.layers import HighOrderLinear, kernel
+from langinterp.layers.piecewise import dense_pays
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_kernel = pytest.mark.skipif(not kernel.available(), reason="needs the compiled CPU kernel")
+
+
+def load(name: str) -> ModuleType:
+    """A benchmark script as a module; paths.py imports its helpers from layers.py beside it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+paths = load("paths")
+layers = load("layers")
+
+
+@needs_kernel
+@pytest.mark.parametrize(("kind", "n", "segments"), [("continuous", 2, 3), ("continuous", 2, 4)])
+def test_paths_row_reports_both_paths_and_the_automatic_choice(kind, n, segments):
+    threads = torch.get_num_threads()
+    row = paths.measure(kind, n, segments, threads=1, repeats=1, width=6)
+    assert torch.get_num_threads() == 1
+    torch.set_num_threads(threads)
+    K = (n - 1) * segments + 1
+    assert row["K"] == K and row["threads"] == 1
+    assert all(row[key] > 0 for key in ("linear_ms", "dense_ms", "kernel_ms", "dense_ratio", "kernel_ratio"))
+    assert row["faster"] == ("dense" if row["dense_ratio"] <= row["kernel_ratio"] else "kernel")
+    assert row["auto"] == ("dense" if dense_pays(K, n, on_kernel=True) else "kernel")
+    assert f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 |" in paths.table([row])
+
+
+def test_every_paths_case_is_a_valid_layer():
+    for kind, n, segments in paths.CASES:
+        assert HighOrderLinear(1, 1, n, segments, kind=kind).weights_per_link >= n
+
+
+def test_forced_path_reaches_the_layer_and_the_row():
+    case = ("hidden", 5, 4, 2, 4)
+    layer, x = layers.layer_and_input(case, "cpu", "gather")
+    assert layer.path == "gather" and layers.path_taken(layer, x) == "gather"
+    layer, x = layers.layer_and_input(case, "cpu")
+    assert layers.path_taken(layer, x) == layer.choose_path(x)
+    codes, x = layers.layer_and_input(("input codes", 5, 4, 2, 128), "cpu")
+    assert layers.path_taken(codes, x) == "codes"
+    with pytest.raises(ValueError, match="no path to force"):
+        layers.layer_and_input(("input codes", 5, 4, 2, 128), "cpu", "dense")
+
+
+def test_forced_paths_choose_their_cases_and_refuse_what_cannot_run():
+    assert all(case[0] != "input codes" for case in layers.chosen_cases(None, "dense"))
+    assert [case[4] for case in layers.chosen_cases([2], "auto")] == [2, 2]
+    assert layers.chosen_cases(None, "auto") == layers.CASES
+    assert layers.path_problem("triton", "cpu") == "--path triton needs --device cuda and Triton"
+    assert layers.path_problem("kernel", "cuda") is not None
+    assert layers.path_problem("dense", "cpu") is None and layers.path_problem("auto", "cuda") is None
+
+
+def test_layers_benchmark_refuses_a_forced_path_it_cannot_run(tmp_path):
+    script = ROOT / "benchmarks" / "layers.py"
+    done = subprocess.run(
+        [sys.executable, script, "--path", "triton", "--out", tmp_path / "l.json"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "layers.py: error: --path triton needs --device cuda and Triton"
+    assert not (tmp_path / "l.json").exists()
