@@ -122,7 +122,7 @@ def piecewise_grad_weight(
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape (the gradient is linear in phi)."""
     x, grad = x.contiguous(), grad.contiguous()
-    result = torch.empty_like(weight, memory_format=torch.contiguous_format)  # the kernel zeroes it
+    result = torch.empty_like(weight, memory_format=torch.contiguous_format)  # the kernel writes every entry
     _call("grad_weight", [x, grad, result], x, weight, n, segments, step)
     return result
 
