@@ -52,16 +52,18 @@ def _arguments(pointers: int, sizes: int) -> list[type]:
     return [ctypes.c_void_p] * pointers + [ctypes.c_int64] + [ctypes.c_int] * sizes
 
 
+SIGNATURES = {
+    "forward": _arguments(3, 7),
+    "grad_weight": _arguments(3, 7),
+    "grad_input": _arguments(5, 7),
+    "dense_basis": _arguments(2, 6),
+    "dense_grad_input": _arguments(3, 6),
+}
+
+
 @cache
 def _library() -> ctypes.CDLL | None:
-    signatures = {
-        "forward": _arguments(3, 7),
-        "grad_weight": _arguments(3, 7),
-        "grad_input": _arguments(5, 7),
-        "dense_basis": _arguments(2, 6),
-        "dense_grad_input": _arguments(3, 6),
-    }
-    return native.bind(SOURCE, signatures, instead="pure PyTorch")
+    return native.bind(SOURCE, SIGNATURES, instead="pure PyTorch")
 
 
 @torch.compiler.assume_constant_result
@@ -88,15 +90,24 @@ def _threads(work: int) -> int:
     return max(1, min(torch.get_num_threads(), work // GRAIN))
 
 
-def _call(name: str, tensors: list[Tensor], x: Tensor, weight: Tensor, n: int, segments: int, step: int):
+def _call(
+    name: str,
+    tensors: list[Tensor],
+    x: Tensor,
+    weight: Tensor,
+    n: int,
+    segments: int,
+    step: int,
+    library: ctypes.CDLL | None = None,
+):
     """Run kernel ``name`` on ``tensors`` (x first), handing it x transposed ([in, rows]: every kernel works
     input by input) and, for dL/dx, a transposed result buffer that torch allocates so that it sees that
-    memory."""
+    memory. ``library``: another build of kernel.cpp (benchmarks/kernel_ab.py), else this process's."""
     inputs, K, outputs = weight.shape
     tensors = [x.t().contiguous(), *tensors[1:]]
     if name == "grad_input":
         tensors.append(x.new_empty(inputs, x.shape[0]))
-    function = getattr(_library(), f"{name}_{DTYPES[weight.dtype]}")
+    function = getattr(library or _library(), f"{name}_{DTYPES[weight.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     threads = _threads(x.shape[0] * inputs * n * outputs)
     function(*pointers, x.shape[0], inputs, outputs, n, segments, step, K, threads)

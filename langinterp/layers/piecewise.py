@@ -16,9 +16,9 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   are built in C (kernel.py, one pass per row); else by PyTorch operations, with autograd supplying the
   derivatives. Where the compiled kernel runs, dense is taken up to K = max(2n, 3): benchmarks/paths.py
   times both at batch 1024; with n >= 2 dense wins or ties up to K/n = 2 and loses beyond (at K/n = 2.5-4
-  the kernel is 1.1-1.9x faster); with n = 1, where the kernel does least per row it fetches, dense wins
-  up to K = 3 and ties at 4. Elsewhere the alternative is the slow gather path, or Triton, not timed at
-  small K, so dense is kept up to K = 4n.
+  the kernel is 1.03-1.9x faster over three runs); with n = 1, where the kernel does least per row it
+  fetches, dense wins up to K = 3 and the kernel from K = 4 (by up to 1.2x). Elsewhere the alternative is
+  the slow gather path, or Triton, not timed at small K, so dense is kept up to K = 4n.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).

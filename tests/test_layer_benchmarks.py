@@ -1,5 +1,5 @@
-"""benchmarks/paths.py and benchmarks/layers.py's forced paths: their rows on tiny layers (nothing timed
-is checked, only what the rows say), and their refusals."""
+"""benchmarks/paths.py, benchmarks/kernel_ab.py and benchmarks/layers.py's forced paths: their rows on tiny
+layers (nothing timed is checked, only what the rows say), and their refusals."""
 
 import importlib.util
 import subprocess
@@ -32,6 +32,7 @@ def load(name: str) -> ModuleType:
 
 paths = load("paths")
 layers = load("layers")
+kernel_ab = load("kernel_ab")
 
 
 @needs_kernel
@@ -86,3 +87,37 @@ def test_layers_benchmark_refuses_a_forced_path_it_cannot_run(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last == "layers.py: error: --path triton needs --device cuda and Triton"
     assert not (tmp_path / "l.json").exists()
+
+
+@needs_kernel
+def test_kernel_ab_compares_two_builds_pass_by_pass():
+    work = kernel_ab.build(ROOT / kernel_ab.SOURCE)
+    threads = torch.get_num_threads()
+    row = kernel_ab.measure(work, work, (5, 20, 2, 8), threads=1, turns=1, rows=40)
+    torch.set_num_threads(threads)
+    for name in kernel_ab.PASSES:
+        # One build against itself: the same sums in the same order.
+        assert row[f"{name}_difference"] == 0
+        assert row[f"{name}_base_ms"] > 0 and row[f"{name}_work_ms"] > 0 and row[f"{name}_ratio"] > 0
+    assert "| 5 | 20 | 2 | 8 | 1 |" in kernel_ab.table([row])
+
+
+def test_kernel_ab_takes_the_cases_on_the_kernel_and_the_committed_source(tmp_path):
+    on_kernel = [(16, 250, 2, 128), (250, 250, 3, 8), (250, 250, 2, 32), (128, 128, 2, 128)]
+    assert kernel_ab.kernel_cases() == on_kernel
+    committed = subprocess.run(
+        ["git", "show", "HEAD:langinterp/layers/kernel.cpp"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    assert kernel_ab.source_at("HEAD", tmp_path).read_bytes() == committed
+
+
+def test_kernel_ab_refuses_an_unknown_revision(tmp_path):
+    script = ROOT / "benchmarks" / "kernel_ab.py"
+    done = subprocess.run(
+        [sys.executable, script, "--base", "no-such-rev", "--out", tmp_path / "k.json"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2
+    assert "kernel_ab.py: error: no kernel.cpp at 'no-such-rev'" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "k.json").exists()

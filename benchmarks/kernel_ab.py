@@ -1,0 +1,156 @@
+"""The CPU kernel against an earlier version of itself: each pass of both builds, taking turns.
+
+    python benchmarks/kernel_ab.py [--base REV] [--turns N] [--out FILE]
+
+On a shared machine whose speed moves by up to 2x between runs, two runs of benchmarks/layers.py cannot
+tell a 10% change in the kernel from a change in the load. This script builds langinterp/layers/kernel.cpp
+as committed at --base (default HEAD) and as it is in the working tree, loads both into this one process
+and, for each case of benchmarks/layers.py that takes the kernel (more than max(2n, 3) weights per link;
+the layer over codes runs the same forward pass and dL/dW as "input real"), calls each pass (forward,
+dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, with one thread and with
+all threads. It reports the median time of each build, the median of the turn-by-turn ratios (working
+tree / base: below 1 is faster) and the largest difference between the two builds' results relative to the
+largest entry (0 when both compute the same sums in the same order). Prints a table; writes JSON
+{"rows": [...]} to --out (default benchmarks/results/kernel_ab.json).
+"""
+
+import argparse
+import ctypes
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from layers import BATCH, CASES
+from torch import Tensor
+
+from langinterp import native
+from langinterp.layers import kernel, weights_per_link
+from langinterp.layers.piecewise import dense_pays
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = Path("langinterp") / "layers" / "kernel.cpp"
+PASSES = ("forward", "grad_weight", "grad_input")
+
+
+def kernel_cases() -> list[tuple[int, int, int, int]]:
+    """(in, out, n, segments) of the layer benchmark's cases on real inputs that take the kernel."""
+    return [
+        (inputs, outputs, n, segments)
+        for name, inputs, outputs, n, segments in CASES
+        if name != "input codes"
+        and not dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True)
+    ]
+
+
+def source_at(revision: str, folder: Path) -> Path:
+    """kernel.cpp as committed at ``revision``, written into ``folder``."""
+    shown = subprocess.run(
+        ["git", "show", f"{revision}:{SOURCE.as_posix()}"], cwd=ROOT, capture_output=True, check=True
+    )
+    path = folder / SOURCE.name
+    path.write_bytes(shown.stdout)
+    return path
+
+
+def build(source: Path) -> ctypes.CDLL:
+    """``source`` compiled (or taken from the kernel cache) and loaded with its entry points' types."""
+    library = native.bind(source, kernel.SIGNATURES, instead="nothing")
+    if library is None:
+        raise SystemExit(f"kernel_ab.py: {source} could not be built (see the warning above)")
+    return library
+
+
+def run_pass(library: ctypes.CDLL, name: str, x: Tensor, weight: Tensor, grad: Tensor, n: int, segments: int):
+    """One pass of one build, through the same call langinterp makes; returns its result."""
+    step = n - 1
+    if name == "forward":
+        result = x.new_empty(x.shape[0], weight.shape[2])
+        kernel._call(name, [x, weight, result], x, weight, n, segments, step, library)
+    elif name == "grad_weight":
+        result = torch.empty_like(weight)
+        kernel._call(name, [x, grad, result], x, weight, n, segments, step, library)
+    else:
+        result = torch.empty_like(x)
+        kernel._call(name, [x, weight, grad, result], x, weight, n, segments, step, library)
+    return result
+
+
+def measure(
+    base: ctypes.CDLL, work: ctypes.CDLL, case: tuple, threads: int, turns: int, rows: int = BATCH
+) -> dict:
+    inputs, outputs, n, segments = case
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    K = weights_per_link("continuous", n, segments)
+    x = torch.rand(rows, inputs) * 2 - 1
+    weight = torch.randn(inputs, K, outputs)
+    grad = torch.randn(rows, outputs)
+    row = {"in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
+    for name in PASSES:
+        results = [run_pass(library, name, x, weight, grad, n, segments) for library in (base, work)]
+        row[f"{name}_difference"] = float((results[1] - results[0]).abs().max() / results[0].abs().max())
+        times: dict[str, list[float]] = {"base": [], "work": []}
+        for turn in range(turns + 2):  # the first two warm up
+            for key, library in (("base", base), ("work", work)):
+                start = time.perf_counter()
+                run_pass(library, name, x, weight, grad, n, segments)
+                if turn >= 2:
+                    times[key].append((time.perf_counter() - start) * 1000)
+        row[f"{name}_base_ms"] = statistics.median(times["base"])
+        row[f"{name}_work_ms"] = statistics.median(times["work"])
+        row[f"{name}_ratio"] = statistics.median(
+            w / b for w, b in zip(times["work"], times["base"], strict=True)
+        )
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    header = "| in | out | n | segments | threads |" + "".join(
+        f" {name} ms (base) | {name} ratio | {name} difference |" for name in PASSES
+    )
+    lines = [header, "|" + "---|" * (5 + 3 * len(PASSES))]
+    for r in rows:
+        cells = "".join(
+            f" {r[f'{name}_work_ms']:.2f} ({r[f'{name}_base_ms']:.2f}) | {r[f'{name}_ratio']:.2f}"
+            f" | {r[f'{name}_difference']:.1e} |"
+            for name in PASSES
+        )
+        lines.append(f"| {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['threads']} |{cells}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="HEAD", help="the git revision to compare the working tree with")
+    parser.add_argument("--turns", type=int, default=41, help="timed calls of each build per pass")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernel_ab.json"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            base_source = source_at(args.base, Path(folder))
+        except subprocess.CalledProcessError as error:
+            parser.error(f"no kernel.cpp at {args.base!r}: {error.stderr.decode().strip()}")
+        base = build(base_source)
+    work = build(ROOT / SOURCE)
+    all_threads = torch.get_num_threads()
+    rows = [
+        measure(base, work, case, threads, args.turns)
+        for case in kernel_cases()
+        for threads in sorted({1, all_threads})
+    ]
+    torch.set_num_threads(all_threads)
+    print(f"working tree against {args.base}: ms of the working tree (of the base), ratio = tree / base")
+    print(table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"base": args.base, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
