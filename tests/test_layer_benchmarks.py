@@ -76,17 +76,19 @@ def test_forced_paths_choose_their_cases_and_refuse_what_cannot_run():
     assert layers.path_problem("dense", "cpu") is None and layers.path_problem("auto", "cuda") is None
 
 
-def test_layers_benchmark_refuses_a_forced_path_it_cannot_run(tmp_path):
-    script = ROOT / "benchmarks" / "layers.py"
+def refusal(tmp_path: Path, script: str, *args: str) -> str:
+    """Run a benchmark script that must refuse its arguments: exit status 2, no JSON; its last error line."""
+    out = tmp_path / "out.json"
     done = subprocess.run(
-        [sys.executable, script, "--path", "triton", "--out", tmp_path / "l.json"],
-        capture_output=True,
-        text=True,
+        [sys.executable, ROOT / "benchmarks" / script, *args, "--out", out], capture_output=True, text=True
     )
-    assert done.returncode == 2
-    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and not out.exists()
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_layers_benchmark_refuses_a_forced_path_it_cannot_run(tmp_path):
+    last = refusal(tmp_path, "layers.py", "--path", "triton")
     assert last == "layers.py: error: --path triton needs --device cuda and Triton"
-    assert not (tmp_path / "l.json").exists()
 
 
 @needs_kernel
@@ -112,12 +114,5 @@ def test_kernel_ab_takes_the_cases_on_the_kernel_and_the_committed_source(tmp_pa
 
 
 def test_kernel_ab_refuses_an_unknown_revision(tmp_path):
-    script = ROOT / "benchmarks" / "kernel_ab.py"
-    done = subprocess.run(
-        [sys.executable, script, "--base", "no-such-rev", "--out", tmp_path / "k.json"],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2
-    assert "kernel_ab.py: error: no kernel.cpp at 'no-such-rev'" in done.stderr.strip().splitlines()[-1]
-    assert not (tmp_path / "k.json").exists()
+    last = refusal(tmp_path, "kernel_ab.py", "--base", "no-such-rev")
+    assert last.startswith("kernel_ab.py: error: no kernel.cpp at 'no-such-rev'")
