@@ -20,12 +20,11 @@ import json
 import statistics
 import subprocess
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
-from layers import BATCH, CASES
-from torch import Tensor
+from layers import BATCH, CASES, turns_ms
 
 from langinterp import native
 from langinterp.layers import kernel, weights_per_link
@@ -64,21 +63,6 @@ def build(source: Path) -> ctypes.CDLL:
     return library
 
 
-def run_pass(library: ctypes.CDLL, name: str, x: Tensor, weight: Tensor, grad: Tensor, n: int, segments: int):
-    """One pass of one build, through the same call langinterp makes; returns its result."""
-    step = n - 1
-    if name == "forward":
-        result = x.new_empty(x.shape[0], weight.shape[2])
-        kernel._call(name, [x, weight, result], x, weight, n, segments, step, library)
-    elif name == "grad_weight":
-        result = torch.empty_like(weight)
-        kernel._call(name, [x, grad, result], x, weight, n, segments, step, library)
-    else:
-        result = torch.empty_like(x)
-        kernel._call(name, [x, weight, grad, result], x, weight, n, segments, step, library)
-    return result
-
-
 def measure(
     base: ctypes.CDLL, work: ctypes.CDLL, case: tuple, threads: int, turns: int, rows: int = BATCH
 ) -> dict:
@@ -90,16 +74,15 @@ def measure(
     weight = torch.randn(inputs, K, outputs)
     grad = torch.randn(rows, outputs)
     row = {"in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
+    builds = {"base": base, "work": work}
     for name in PASSES:
-        results = [run_pass(library, name, x, weight, grad, n, segments) for library in (base, work)]
+        steps = {
+            key: partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, library)
+            for key, library in builds.items()
+        }
+        results = [step() for step in steps.values()]
         row[f"{name}_difference"] = float((results[1] - results[0]).abs().max() / results[0].abs().max())
-        times: dict[str, list[float]] = {"base": [], "work": []}
-        for turn in range(turns + 2):  # the first two warm up
-            for key, library in (("base", base), ("work", work)):
-                start = time.perf_counter()
-                run_pass(library, name, x, weight, grad, n, segments)
-                if turn >= 2:
-                    times[key].append((time.perf_counter() - start) * 1000)
+        times = turns_ms(steps, turns, warmup=2)
         row[f"{name}_base_ms"] = statistics.median(times["base"])
         row[f"{name}_work_ms"] = statistics.median(times["work"])
         row[f"{name}_ratio"] = statistics.median(

@@ -113,13 +113,36 @@ def _call(
     function(*pointers, x.shape[0], inputs, outputs, n, segments, step, K, threads)
 
 
+def run_pass(
+    name: str,
+    x: Tensor,
+    weight: Tensor,
+    grad: Tensor | None,
+    n: int,
+    segments: int,
+    step: int,
+    library: ctypes.CDLL | None = None,
+) -> Tensor:
+    """Kernel pass ``name`` into a new result: ``forward`` (y), ``grad_weight`` (dL/dW: the kernel writes
+    every entry, and ``weight`` supplies only its shape) or ``grad_input`` (dL/dx); ``grad`` is dL/dy for the
+    two backward passes. Contiguous tensors; ``library`` as in _call."""
+    if name == "forward":
+        result = x.new_empty(x.shape[0], weight.shape[2])
+        tensors = [x, weight, result]
+    elif name == "grad_weight":
+        result = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        tensors = [x, grad, result]
+    else:
+        result = torch.empty_like(x)
+        tensors = [x, weight, grad, result]
+    _call(name, tensors, x, weight, n, segments, step, library)
+    return result
+
+
 @torch.library.custom_op("langinterp::piecewise", mutates_args=())
 def piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """y[r, o] = sum_i sum_k phi_k(t_ri) weight[i, j_ri * step + k, o]; x [rows, in], weight [in, K, out]."""
-    x, weight = x.contiguous(), weight.contiguous()
-    y = x.new_empty(x.shape[0], weight.shape[2])
-    _call("forward", [x, weight, y], x, weight, n, segments, step)
-    return y
+    return run_pass("forward", x.contiguous(), weight.contiguous(), None, n, segments, step)
 
 
 @piecewise.register_fake
@@ -132,10 +155,7 @@ def piecewise_grad_weight(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape (the gradient is linear in phi)."""
-    x, grad = x.contiguous(), grad.contiguous()
-    result = torch.empty_like(weight, memory_format=torch.contiguous_format)  # the kernel writes every entry
-    _call("grad_weight", [x, grad, result], x, weight, n, segments, step)
-    return result
+    return run_pass("grad_weight", x.contiguous(), weight, grad.contiguous(), n, segments, step)
 
 
 @piecewise_grad_weight.register_fake
@@ -146,10 +166,7 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
 @torch.library.custom_op("langinterp::piecewise_grad_input", mutates_args=())
 def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """dL/dx = segments * sum_k phi_k'(t) <weight row, grad>."""
-    x, grad, weight = x.contiguous(), grad.contiguous(), weight.contiguous()
-    result = torch.empty_like(x)
-    _call("grad_input", [x, weight, grad, result], x, weight, n, segments, step)
-    return result
+    return run_pass("grad_input", x.contiguous(), weight.contiguous(), grad.contiguous(), n, segments, step)
 
 
 @piecewise_grad_input.register_fake
