@@ -30,6 +30,7 @@ path that ran. --segments keeps only the cases with those segment counts.
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -48,6 +49,11 @@ from langinterp.layers import (
     weights_per_link,
 )
 from langinterp.layers.piecewise import PATHS
+
+# The profiler behind peak_mib logs two lines to stderr for every profiled call (Kineto's "USDT ...
+# profiler_start/stop"), dozens per run, burying the tables; level 6 is above all of Kineto's own levels.
+# Read when the profiler first starts, so setting it here is in time.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 BATCH = 1024
 CASES = [

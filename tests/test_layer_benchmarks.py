@@ -1,7 +1,8 @@
 """benchmarks/paths.py, benchmarks/kernel_ab.py and benchmarks/layers.py's forced paths: their rows on tiny
-layers (nothing timed is checked, only what the rows say), and their refusals."""
+layers (nothing timed is checked, only what the rows say), their refusals, and layers.py's profiling."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,15 @@ def test_kernel_ab_takes_the_cases_on_the_kernel_and_the_committed_source(tmp_pa
 def test_kernel_ab_refuses_an_unknown_revision(tmp_path):
     last = refusal(tmp_path, "kernel_ab.py", "--base", "no-such-rev")
     assert last.startswith("kernel_ab.py: error: no kernel.cpp at 'no-such-rev'")
+
+
+def test_layers_benchmark_measures_peak_memory_without_profiler_log_lines():
+    """peak_mib runs the torch profiler once per case, whose log lines would otherwise bury the tables."""
+    code = "import layers, torch; print(layers.peak_mib(lambda: torch.ones(2**18)))"
+    env = {key: value for key, value in os.environ.items() if key != "KINETO_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "benchmarks", env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == pytest.approx(1.0)  # 2**18 float32 values: one MiB
+    assert "profiler_start" not in done.stderr
