@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import LAYER_CASES, inputs_inside_and_outside, reference
 
-from langinterp.layers import HighOrderLinear, triton_ops
+from langinterp.layers import HighOrderLinear, piecewise, triton_ops
 
 pytest.importorskip("triton")
 
@@ -52,6 +52,40 @@ def test_triton_matches_gather_and_reference_in_float64(kind, n, s):
     torch.testing.assert_close(
         ours[0].cpu(), reference(gather_layer.cpu(), x.detach()), rtol=1e-10, atol=1e-10
     )
+
+
+@pytest.fixture
+def triton_basis(monkeypatch):
+    """The dense path builds its basis and dL/dx with the Triton kernels, as it does on CUDA (here, without a
+    GPU, in Triton's interpreter, instead of the C kernel that the CPU takes)."""
+    monkeypatch.setattr(piecewise, "_basis_op", lambda x, weight: triton_ops.piecewise_basis)
+
+
+# Small K, where the dense path runs; K = 9 from n = 5 or 2 segments of 4 nodes, and n = 1.
+DENSE_CASES = [
+    ("continuous", 2, 2),
+    ("continuous", 5, 2),
+    ("continuous", 2, 8),
+    ("discontinuous", 1, 3),
+    ("discontinuous", 3, 2),
+    ("polynomial", 4, 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "n", "s"), DENSE_CASES)
+def test_triton_dense_path_matches_gather_in_float64(triton_basis, kind, n, s):
+    # 70 rows, 70 inputs: three row tiles, and several column tiles of the basis (70 K columns) and two
+    # input tiles of dL/dx, the last of each partial.
+    x = inputs_inside_and_outside(rows=70, inputs=70)
+    ours = pass_of(layer_on("dense", kind, n, s, inputs=70), x)
+    theirs = pass_of(layer_on("gather", kind, n, s, inputs=70), x)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_triton_basis_op_passes_gradcheck():
+    x = (torch.rand(6, 3, dtype=torch.float64, device=DEVICE) * 2.2 - 1.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: triton_ops.piecewise_basis(a, 5, 3, 2, 2), (x,))
 
 
 def test_triton_covers_several_tiles_and_partial_ones():
@@ -94,12 +128,16 @@ def test_forward_is_the_same_for_any_inputs_per_step(monkeypatch, n):
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
-def test_triton_in_lower_precision_matches_float64(dtype, tolerance):
+@pytest.mark.parametrize(("path", "segments"), [("triton", 64), ("dense", 2)])
+def test_triton_in_lower_precision_matches_float64(triton_basis, dtype, tolerance, path, segments):
     # The same (rounded) weights and inputs in float64 on the gather path: what is left is the rounding of
-    # the float32 arithmetic and of the results to the storage type.
+    # the float32 arithmetic and of the results to the storage type. The dense path also stores its basis
+    # values in that type, for the matmul, hence twice the tolerance.
+    if path == "dense":
+        tolerance *= 2
     x = inputs_inside_and_outside(rows=40, inputs=6).detach().to(dtype)
-    ours = layer_on("triton", "continuous", 2, 64, inputs=6, outputs=20, dtype=dtype)
-    exact = layer_on("gather", "continuous", 2, 64, inputs=6, outputs=20)
+    ours = layer_on(path, "continuous", 2, segments, inputs=6, outputs=20, dtype=dtype)
+    exact = layer_on("gather", "continuous", 2, segments, inputs=6, outputs=20)
     with torch.no_grad():
         exact.weight.copy_(ours.weight)
     for a, b in zip(pass_of(ours, x), pass_of(exact, x, rounding=dtype), strict=True):
@@ -189,7 +227,9 @@ from langinterp.layers.triton_ops import OUTPUTS_PER_PROGRAM, ROWS_PER_PROGRAM, 
 
 compiled = []
 for storage, compute, n in (("fp32", "fp32", 2), ("bf16", "fp32", 3), ("fp64", "fp64", 5)):
-    for name in ("forward", "grad_input", "grad_weight", "grad_weight_dense"):
+    for name in (
+        "forward", "grad_input", "grad_weight", "grad_weight_dense", "dense_basis", "dense_grad_input"
+    ):
         kernel = getattr(triton_kernels, name)
         constants = {
             "STRIDE": n - 1, "N": n, "ACC": tl.float64 if compute == "fp64" else tl.float32,
@@ -228,6 +268,6 @@ def test_triton_kernels_compile_for_a_hopper_gpu(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = json.loads(done.stdout)
-    assert len(compiled) == 12
+    assert len(compiled) == 18
     # In float32 and bfloat16 no kernel spills registers to the stack (float64 with n = 5 may).
     assert all(entry["stack"] == 0 for entry in compiled if entry["storage"] != "fp64"), compiled

@@ -213,25 +213,27 @@ def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tens
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _basis_setup_context(ctx, inputs, output) -> None:
+def basis_setup_context(ctx, inputs, output) -> None:
+    """Autograd context of a basis op (x, K, n, segments, step); triton_ops.py shares it."""
     x, *shape = inputs
     ctx.save_for_backward(x)
     ctx.shape = shape
 
 
-def _basis_backward(ctx, grad: Tensor):
-    (x,) = ctx.saved_tensors
-    grad_x = piecewise_basis_grad(x, grad, *ctx.shape) if ctx.needs_input_grad[0] else None
-    return grad_x, None, None, None, None
+def basis_backward_with(grad_op):
+    """The backward formula of a basis op from its dL/dx op (shared with triton_ops.py)."""
+
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        grad_x = grad_op(x, grad, *ctx.shape) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None
+
+    return backward
 
 
-piecewise_basis.register_autograd(_basis_backward, setup_context=_basis_setup_context)
-
-
-def piecewise_dense(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
-    """The same function as ``piecewise`` as one matmul: basis [rows, in*K] (n non-zeros per input) @ W."""
-    inputs, K, outputs = weight.shape
-    return piecewise_basis(x, K, n, segments, step) @ weight.reshape(inputs * K, outputs)
+piecewise_basis.register_autograd(
+    basis_backward_with(piecewise_basis_grad), setup_context=basis_setup_context
+)
 
 
 def setup_context(ctx, inputs, output) -> None:

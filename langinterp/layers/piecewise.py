@@ -13,12 +13,13 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
 - ``dense`` for small K (``dense_pays``): scatter the n basis values of each input into a [rows, in*K]
   matrix and do one matmul (BLAS; runs anywhere, autocasts), costing K/n times the minimum. Autograd keeps
   the basis for dL/dW, as a Linear keeps its input. On CPU in float32/float64 the basis matrix and dL/dx
-  are built in C (kernel.py, one pass per row); else by PyTorch operations, with autograd supplying the
-  derivatives. Where the compiled kernel runs, dense is taken up to K = max(2n, 3): benchmarks/paths.py
-  times both at batch 1024; with n >= 2 dense wins or ties up to K/n = 2 and loses beyond (at K/n = 2.5-4
-  the kernel is 1.03-1.9x faster over three runs); with n = 1, where the kernel does least per row it
-  fetches, dense wins up to K = 3 and the kernel from K = 4 (by up to 1.2x). Elsewhere the alternative is
-  the slow gather path, or Triton, not timed at small K, so dense is kept up to K = 4n.
+  are built in C (kernel.py, one pass per row), on CUDA by two Triton kernels (triton_ops.py, one launch
+  each); else by PyTorch operations, with autograd supplying the derivatives. Where the compiled kernel
+  runs, dense is taken up to K = max(2n, 3): benchmarks/paths.py times both at batch 1024; with n >= 2
+  dense wins or ties up to K/n = 2 and loses beyond (at K/n = 2.5-4 the kernel is 1.03-1.9x faster over
+  three runs); with n = 1, where the kernel does least per row it fetches, dense wins up to K = 3 and the
+  kernel from K = 4 (by up to 1.2x). Elsewhere the alternative is the slow gather path, or Triton, not
+  timed at small K, so dense is kept up to K = 4n.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
@@ -47,6 +48,16 @@ def dense_pays(per_link: int, n: int, on_kernel: bool) -> bool:
     the compiled kernel (``on_kernel``) or the other paths (see the module docstring for the measurements)."""
     limit = max(2 * n, 3) if on_kernel else DENSE_RATIO * n
     return per_link <= limit
+
+
+def _basis_op(x: Tensor, weight: Tensor):
+    """The op that builds the dense path's basis matrix (with its dL/dx) in one pass: the C kernel's on the
+    CPU, Triton's on CUDA; None where neither runs, and PyTorch operations build it instead."""
+    if kernel.supports(x, weight):
+        return kernel.piecewise_basis
+    if triton_ops.supports_dense(x, weight):
+        return triton_ops.piecewise_basis
+    return None
 
 
 def active_rows(x: Tensor, nodes: Tensor, segments: int, step: int, K: int) -> tuple[Tensor, Tensor]:
@@ -118,8 +129,10 @@ class HighOrderLinear(nn.Module):
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
         elif path == "triton":
             y = triton_ops.piecewise(flat, weight, self.n, self.segments, step)
-        elif path == "dense" and kernel.supports(flat, weight):
-            y = kernel.piecewise_dense(flat, weight, self.n, self.segments, step)
+        elif path == "dense" and (basis_op := _basis_op(flat, weight)):
+            K = self.weights_per_link
+            basis = basis_op(flat, K, self.n, self.segments, step)
+            y = basis @ weight.reshape(self.in_features * K, self.out_features)
         else:
             K = self.weights_per_link
             nodes = chebyshev_lobatto(self.n, weight.dtype, weight.device)

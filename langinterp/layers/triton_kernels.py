@@ -4,6 +4,8 @@ Imported only when a layer takes the Triton path, so that importing langinterp n
 Every program locates each of its rows' (samples') segment of input i exactly as basis.py does and
 evaluates the n Lagrange basis values there; forward, dL/dx and the atomic dL/dW then gather (or add into)
 the n weight rows of that segment, while the dense dL/dW multiplies a tile of the basis by the gradient.
+The dense path's two kernels write the basis matrix itself, for a matmul, and read dL/dx back from the
+gradient of that matrix.
 Arithmetic runs in ``ACC`` (float32, or float64 for float64 weights) whatever the storage type. The sizes
 are never specialised: Triton would otherwise turn a size of 1 into a compile-time constant, which has no
 ``.to`` and would need its own compilation.
@@ -168,3 +170,50 @@ def grad_weight_dense(
     stored = (columns < K)[:, None] & outputs_in[None, :]
     address = dw_ptr + (i * K + columns).to(tl.int64)[:, None] * outputs + o[None, :]
     tl.store(address, acc.to(dw_ptr.dtype.element_ty), mask=stored)
+
+
+@triton.jit(do_not_specialize=SIZES)
+def dense_basis(
+    x_ptr, basis_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
+    STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+):  # fmt: skip
+    """The dense path's basis [rows, inputs * K]: phi_k(t_ri) at column i * K + j_ri * STRIDE + k, zero
+    elsewhere, for a tile of BR rows by BO of its columns (``outputs`` is unused: the matmul has them).
+
+    Tiles of whole rows' columns, so that neighbouring threads store neighbouring entries; each entry finds
+    its input, locates that input's segment and keeps the one basis value (if any) that lands on it.
+    """
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    column = tl.program_id(1).to(tl.int64) * BO + tl.arange(0, BO)
+    width = inputs.to(tl.int64) * K
+    mask = (r < rows)[:, None] & (column < width)[None, :]
+    i = column // K
+    x = tl.load(x_ptr + r[:, None] * inputs + i[None, :], mask=mask, other=0.0).to(ACC)
+    j, t, _ = _segment(x, S, ACC)
+    node = (column - i * K)[None, :] - j.to(tl.int64) * STRIDE
+    value = tl.zeros([BR, BO], dtype=ACC)
+    for k in tl.static_range(N):
+        value = tl.where(node == k, _phi(t, nodes_ptr, inv_ptr, k, N), value)
+    address = basis_ptr + r[:, None] * width + column[None, :]
+    tl.store(address, value.to(basis_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=SIZES)
+def dense_grad_input(
+    x_ptr, p_ptr, dx_ptr, nodes_ptr, inv_ptr, rows, inputs, outputs, K, S,
+    STRIDE: tl.constexpr, N: tl.constexpr, ACC: tl.constexpr, BR: tl.constexpr, BO: tl.constexpr,
+):  # fmt: skip
+    """dx[r, i] = dt/dx sum_k phi_k'(t_ri) p[r, i * K + j_ri * STRIDE + k] for a tile of BR rows by BO
+    inputs, p = dL/dbasis = dL/dy @ W^T of the dense path (``outputs`` is unused)."""
+    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    i = tl.program_id(1) * BO + tl.arange(0, BO)
+    mask = (r < rows)[:, None] & (i < inputs)[None, :]
+    at = r[:, None] * inputs + i[None, :]
+    x = tl.load(x_ptr + at, mask=mask, other=0.0).to(ACC)
+    j, t, scale = _segment(x, S, ACC)
+    first = r[:, None] * inputs * K + (i * K)[None, :] + j.to(tl.int64) * STRIDE
+    dx = tl.zeros([BR, BO], dtype=ACC)
+    for k in tl.static_range(N):
+        p = tl.load(p_ptr + first + k, mask=mask, other=0.0).to(ACC)
+        dx += _dphi(t, nodes_ptr, inv_ptr, k, N) * p
+    tl.store(dx_ptr + at, (dx * scale).to(dx_ptr.dtype.element_ty), mask=mask)

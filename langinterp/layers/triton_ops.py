@@ -17,6 +17,11 @@ dL/dW has two kernels, chosen by K (measured on an H200: benchmarks/triton_kerne
   nondeterministic operations do there.
 Float16, bfloat16 and float32 weights compute in float32 (dL/dW accumulates in float32), float64 in float64.
 
+The dense path (small K, piecewise.py) has two kernels here as well: one writes its [rows, in*K] basis
+matrix and one reads dL/dx back from that matrix's gradient. In PyTorch operations the basis took a dozen
+kernel launches per direction, and on an H200 the dense path's forward pass cost 12x the matmul's
+(README): at batch 1024 the launches, not the arithmetic, set the time.
+
 Triton is imported only when a kernel first runs. With ``TRITON_INTERPRET=1`` set before that, Triton runs
 the same kernels on CPU tensors in its interpreter: that is how the tests check them without a GPU.
 """
@@ -30,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .basis import chebyshev_lobatto
-from .kernel import backward_with, setup_context
+from .kernel import backward_with, basis_backward_with, basis_setup_context, setup_context
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # A tile of 32 rows by 64 outputs per program, over 8 warps: compiled for sm_90, the float32 kernels then
@@ -100,8 +105,19 @@ def supports(x: Tensor, weight: Tensor) -> bool:
     )
 
 
-def _compute_dtype(weight: Tensor) -> torch.dtype:
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+def supports_dense(x: Tensor, weight: Tensor) -> bool:
+    """Whether the dense path can build its basis and dL/dx with Triton: CUDA, a float type, Triton. Both
+    kernels write every entry once, with no atomic adds, so every deterministic mode allows them."""
+    return (
+        x.device.type == "cuda"
+        and weight.device.type == "cuda"
+        and weight.dtype in FLOAT_TYPES
+        and available()
+    )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @cache
@@ -114,20 +130,22 @@ def _basis_constants(n: int, dtype: torch.dtype, device: torch.device) -> tuple[
     return nodes.to(device, dtype), inverse.to(device, dtype)
 
 
-def _launch(name: str, grid: tuple[int, ...], tensors: list[Tensor], x: Tensor, weight: Tensor, n: int,
-            segments: int, step: int, **blocks: int) -> None:  # fmt: skip
+def _launch(name: str, grid: tuple[int, ...], tensors: list[Tensor], rows: int, shape: tuple[int, int, int],
+            dtype: torch.dtype, n: int, segments: int, step: int, **blocks: int) -> None:  # fmt: skip
+    """Kernel ``name`` over ``rows`` rows of a weight table of ``shape`` (in, K, out) and type ``dtype``."""
     import triton.language as tl
 
     from . import triton_kernels
 
-    inputs, K, outputs = weight.shape
-    compute = _compute_dtype(weight)
-    nodes, inverse = _basis_constants(n, compute, weight.device)
+    inputs, K, outputs = shape
+    compute = _compute_dtype(dtype)
+    device = tensors[0].device
+    nodes, inverse = _basis_constants(n, compute, device)
     # Triton launches on the current CUDA device: make it the tensors' one.
-    on_device = torch.cuda.device(weight.device) if weight.device.type == "cuda" else contextlib.nullcontext()
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     with on_device:
         getattr(triton_kernels, name)[grid](
-            *tensors, nodes, inverse, x.shape[0], inputs, outputs, K, segments,
+            *tensors, nodes, inverse, rows, inputs, outputs, K, segments,
             STRIDE=step, N=n, ACC=tl.float64 if compute == torch.float64 else tl.float32,
             **{"BR": ROWS_PER_PROGRAM, "BO": OUTPUTS_PER_PROGRAM, **blocks}, num_warps=WARPS,
         )  # fmt: skip
@@ -146,7 +164,8 @@ def piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Te
     if rows:
         grid = (_tiles(rows, ROWS_PER_PROGRAM), _tiles(outputs, OUTPUTS_PER_PROGRAM))
         steps = inputs_per_step(n, grid[0] * grid[1], x.device)
-        _launch("forward", grid, [x, weight, y], x, weight, n, segments, step, BI=steps)
+        _launch("forward", grid, [x, weight, y], rows, weight.shape, weight.dtype, n, segments, step,
+                BI=steps)  # fmt: skip
     return y
 
 
@@ -162,7 +181,8 @@ def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segmen
     result = torch.empty_like(x)  # the kernel writes every entry
     if x.shape[0]:
         grid = (_tiles(x.shape[0], ROWS_PER_PROGRAM), x.shape[1])
-        _launch("grad_input", grid, [x, weight, grad, result], x, weight, n, segments, step)
+        _launch("grad_input", grid, [x, weight, grad, result], x.shape[0], weight.shape, weight.dtype, n,
+                segments, step)  # fmt: skip
     return result
 
 
@@ -185,8 +205,8 @@ def piecewise_grad_weight(
         columns = max(16, 1 << (K - 1).bit_length())  # tl.dot's sides are powers of two, at least 16
         rows = max(16, min(64, 2048 // columns))  # the [rows, columns] basis tile stays in registers
         grid = (inputs, _tiles(outputs, OUTPUTS_PER_PROGRAM))
-        _launch("grad_weight_dense", grid, [x, grad, result], x, weight, n, segments, step, BR=rows,
-                KP=columns)  # fmt: skip
+        _launch("grad_weight_dense", grid, [x, grad, result], x.shape[0], weight.shape, weight.dtype, n,
+                segments, step, BR=rows, KP=columns)  # fmt: skip
         return result
     # Warn-only mode, or strict mode with the path forced (layer.path = "triton"): say what it costs.
     if torch.are_deterministic_algorithms_enabled():
@@ -197,9 +217,9 @@ def piecewise_grad_weight(
             UserWarning,
             stacklevel=1,
         )
-    total = torch.zeros(weight.shape, dtype=_compute_dtype(weight), device=weight.device)
+    total = torch.zeros(weight.shape, dtype=_compute_dtype(weight.dtype), device=weight.device)
     grid = (_tiles(x.shape[0], ROWS_PER_PROGRAM), inputs, _tiles(outputs, OUTPUTS_PER_PROGRAM))
-    _launch("grad_weight", grid, [x, grad, total], x, weight, n, segments, step)
+    _launch("grad_weight", grid, [x, grad, total], x.shape[0], weight.shape, weight.dtype, n, segments, step)
     return total.to(weight.dtype)
 
 
@@ -210,4 +230,43 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
 
 piecewise.register_autograd(
     backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=setup_context
+)
+
+
+@torch.library.custom_op("langinterp::piecewise_triton_basis", mutates_args=())
+def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    """The dense path's [rows, in*K] basis matrix (kernel.piecewise_basis's, in one Triton kernel)."""
+    x = x.contiguous()
+    rows, inputs = x.shape
+    basis = x.new_empty(rows, inputs * K)  # the kernel writes every entry
+    if basis.numel():
+        grid = (_tiles(rows, ROWS_PER_PROGRAM), _tiles(inputs * K, OUTPUTS_PER_PROGRAM))
+        _launch("dense_basis", grid, [x, basis], rows, (inputs, K, 0), x.dtype, n, segments, step)
+    return basis
+
+
+@piecewise_basis.register_fake
+def _(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1] * K)
+
+
+@torch.library.custom_op("langinterp::piecewise_triton_basis_grad", mutates_args=())
+def piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    """dL/dx from dL/dbasis = dL/dy @ W^T (kernel.piecewise_basis_grad's, in one Triton kernel)."""
+    x, grad = x.contiguous(), grad.contiguous()
+    rows, inputs = x.shape
+    result = torch.empty_like(x)  # the kernel writes every entry
+    if result.numel():
+        grid = (_tiles(rows, ROWS_PER_PROGRAM), _tiles(inputs, OUTPUTS_PER_PROGRAM))
+        _launch("dense_grad_input", grid, [x, grad, result], rows, (inputs, K, 0), x.dtype, n, segments, step)
+    return result
+
+
+@piecewise_basis_grad.register_fake
+def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+piecewise_basis.register_autograd(
+    basis_backward_with(piecewise_basis_grad), setup_context=basis_setup_context
 )
