@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import LAYER_CASES, inputs_inside_and_outside, reference
 
-from langinterp.layers import HighOrderLinear, piecewise, triton_ops
+from langinterp.layers import CharacterInput, HighOrderLinear, character, codes_to_unit, piecewise, triton_ops
 
 pytest.importorskip("triton")
 
@@ -86,6 +86,32 @@ def test_triton_dense_path_matches_gather_in_float64(triton_basis, kind, n, s):
 def test_triton_basis_op_passes_gradcheck():
     x = (torch.rand(6, 3, dtype=torch.float64, device=DEVICE) * 2.2 - 1.1).requires_grad_()
     assert torch.autograd.gradcheck(lambda a: triton_ops.piecewise_basis(a, 5, 3, 2, 2), (x,))
+
+
+@pytest.mark.parametrize(("kind", "n", "segments"), [("continuous", 2, 128), ("discontinuous", 3, 5)])
+def test_character_input_on_triton_is_the_linear_layer_on_unit_codes(monkeypatch, kind, n, segments):
+    # What CharacterInput takes on CUDA; here, without a GPU, in Triton's interpreter.
+    monkeypatch.setattr(character, "_gather_op", lambda codes, weight: triton_ops.piecewise)
+    torch.manual_seed(0)
+    layer = CharacterInput(6, 7, n, segments, kind).to(DEVICE, torch.float64)
+    codes = torch.randint(0, 128, (2, 9, 6), device=DEVICE)
+    linear = layer.as_linear()
+    linear.path = "gather"
+    outputs = [layer(codes), linear(codes_to_unit(codes).double())]
+    grads = []
+    for y in outputs:
+        layer.weight.grad = None
+        y.square().sum().backward()
+        grads.append(layer.weight.grad)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the automatic choice of Triton needs CUDA")
+def test_character_input_on_cuda_takes_the_triton_kernels():
+    layer = CharacterInput(6, 7, 2).cuda()
+    codes = torch.randint(0, 128, (4, 6), device="cuda")
+    assert character._gather_op(codes, layer.weight) is triton_ops.piecewise
 
 
 def test_triton_covers_several_tiles_and_partial_ones():

@@ -7,20 +7,23 @@ every code sits at the centre of its own segment (t = 0, exactly, in floating po
 exactly HighOrderLinear(length, out, ...) applied to codes_to_unit(codes); ``as_linear`` returns that
 layer, sharing the weight parameter. Two lookups, chosen per call:
 
-- on CPU in float32/float64 with the compiled kernel (kernel.py): read the n rows of each code, which
-  costs length*n row reads per sample and measured fastest. Building the table first (then one row per
-  code) loses: that pass over all the weights and its backward take as long as a whole Linear(length*n)
-  forward+backward at batch 1024;
-- elsewhere (CUDA, bf16, no compiler): build the table T[i, c, :] (length*128*n*out multiply-adds,
-  independent of the batch; with 128 segments a sum of strided views of the weights, nothing gathered)
-  and sum the rows T[i, codes[..., i]] with embedding_bag, under a custom backward (_Lookup).
+- where HighOrderLinear has a gather kernel, the C++ kernel on CPU in float32/float64 (kernel.py) and
+  Triton's on CUDA (triton_ops.py): read the n rows of each code, which costs length*n row reads per sample
+  and measured fastest. On the CPU, building the table first (then one row per code) loses: that pass over
+  all the weights and its backward take as long as a whole Linear(length*n) forward+backward at batch
+  1024. On an H200 the table lookup below took 1.75 ms forward+backward where the Triton kernels on the
+  same layer over reals took 0.63 ms (benchmarks/layers.py --device cuda, README);
+- elsewhere (no compiler, no Triton, other devices): build the table T[i, c, :] (length*128*n*out
+  multiply-adds, independent of the batch; with 128 segments a sum of strided views of the weights,
+  nothing gathered) and sum the rows T[i, codes[..., i]] with embedding_bag, under a custom backward
+  (_Lookup).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernel
+from . import kernel, triton_ops
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
 from .piecewise import HighOrderLinear
@@ -93,9 +96,10 @@ class CharacterInput(nn.Module):
                 raise ValueError(f"character codes must lie in 0..{CODES - 1}, got {int(low)}..{int(high)}")
         weight = self.weight
         flat = codes.reshape(-1, self.length)
-        if kernel.supports(flat, weight):
-            x = (flat.to(weight.dtype) + 0.5) / 64 - 1
-            y = kernel.piecewise(x, weight, self.n, self.segments, stride(self.kind, self.n))
+        gather = _gather_op(flat, weight)
+        if gather is not None:
+            x = (flat.to(weight.dtype) + 0.5) / 64 - 1  # exact in every float type: an odd number of 128ths
+            y = gather(x, weight, self.n, self.segments, stride(self.kind, self.n))
         else:
             positions = flat.long() + self.position_offset
             y = _Lookup.apply(weight, positions, self.code_rows, self.code_basis(), self._view_step())
@@ -112,6 +116,15 @@ class CharacterInput(nn.Module):
             f"length={self.length}, out_features={self.out_features}, n={self.n}, "
             f"segments={self.segments}, kind={self.kind!r}"
         )
+
+
+def _gather_op(codes: Tensor, weight: Tensor):
+    """HighOrderLinear's gather op for these tensors (the C++ kernel's or Triton's), or None."""
+    if kernel.supports(codes, weight):
+        return kernel.piecewise
+    if triton_ops.supports(codes, weight):
+        return triton_ops.piecewise
+    return None
 
 
 def _table(weight: Tensor, rows: Tensor, phi: Tensor, step: int | None) -> Tensor:
