@@ -190,6 +190,10 @@ def test_triton_path_gives_shapes_on_the_meta_device():
     y = layer(x)
     y.sum().backward()
     assert y.shape == (5, 4) and x.grad.shape == (5, 3) and layer.weight.grad.shape == layer.weight.shape
+    x.grad = None
+    basis = triton_ops.piecewise_basis(x, 5, 3, 2, 2)  # the dense path's ops
+    basis.sum().backward()
+    assert basis.shape == (5, 15) and x.grad.shape == (5, 3)
 
 
 def test_triton_op_passes_gradcheck():
