@@ -64,7 +64,8 @@ def forward_row(rows: int, inputs: int, outputs: int, n: int, segments: int, dev
         y = torch.empty(rows, outputs, device=device)
 
         def launch(steps: int = steps, y: torch.Tensor = y) -> None:
-            triton_ops._launch("forward", grid, [x, weight, y], x, weight, n, segments, n - 1, BI=steps)
+            tensors, table = [x, weight, y], (weight.shape, weight.dtype)
+            triton_ops._launch("forward", grid, tensors, rows, *table, n, segments, n - 1, BI=steps)
 
         launch()
         results[steps] = y
