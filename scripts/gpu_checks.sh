@@ -8,16 +8,18 @@
 #    (tests/test_triton.py runs them in Triton's interpreter only where there is no GPU), the layers' CUDA
 #    and bf16-autocast cases, Mamba's scans on CUDA (mamba-ssm's kernel when it is installed).
 # 2. benchmarks/layers.py --device cuda --passes (the layers' Triton path against cuBLAS), the same for the
-#    2-segment cases forced onto the Triton path (on CUDA they take the dense path, pure PyTorch there:
-#    would Triton be faster?) and benchmarks/triton_kernels.py (the kernels' variants alone).
+#    2-segment cases forced onto the Triton path (on CUDA they take the dense path: would Triton be faster?)
+#    and for the many-segment cases forced onto the dense path (a basis matrix K/n times a Linear's input,
+#    but cuBLAS: at batch 1024, is it faster than the Triton kernels, and up to which K?), then
+#    benchmarks/triton_kernels.py (the kernels' variants alone).
 # 3. Every neural family trained on CUDA as `langinterp train` runs it there (bf16-mixed), unchanged but for
 #    a local book and a few steps, then `generate` and `evaluate` on the run; `recipes/mamba.toml` a second
 #    time with mamba-ssm's import blocked when it is installed (the pure-PyTorch scan on CUDA); the automaton.
 #    A recipe is skipped, and says so, when less than 90 s of the run's budget ($GPU_CHECKS_SECONDS) is left.
 # 4. With the time left, the whole test suite with the GPU visible (its training pins the CPU, but generation
 #    and evaluation of what it trains then run on CUDA).
-# Logs and the benchmark's JSON go to $OUT when it is set (the device tool's folder: at most 8 files come
-# back from it), else gpu-checks/.
+# Logs and the benchmarks' JSON go to $OUT when it is set (the device tool's folder: at most 8 files come
+# back from it, so the dense-path run's JSON stays in /tmp; its table is in the log), else gpu-checks/.
 #
 # Python packages the machine lacks can be carried as wheels in .whl/ (see the device tool's notes); they
 # are installed into /tmp/site first. Every step runs even when one before it fails; the exit status says
@@ -70,6 +72,9 @@ tail -n 22 "$out/layers_cuda.log"
 step layers_cuda.log 90 "layer benchmark, 2 segments on the Triton path" "$python" benchmarks/layers.py \
     --device cuda --passes --quick --path triton --segments 2 --out "$out/layers_cuda_triton.json"
 tail -n 10 "$out/layers_cuda.log"
+step layers_cuda.log 90 "layer benchmark, many segments on the dense path" "$python" benchmarks/layers.py \
+    --device cuda --passes --quick --path dense --segments 8 32 128 --out /tmp/layers_cuda_dense.json
+tail -n 12 "$out/layers_cuda.log"
 step triton_kernels.log 150 "Triton kernel benchmark" "$python" benchmarks/triton_kernels.py \
     --out "$out/triton_kernels.json"
 tail -n 26 "$out/triton_kernels.log"
