@@ -125,19 +125,17 @@ class HighOrderLinear(nn.Module):
         flat = x.reshape(-1, self.in_features).to(weight.dtype)
         path = self.choose_path(flat)
         step = stride(self.kind, self.n)
+        K = self.weights_per_link
+        table = weight.reshape(-1, self.out_features)  # [in*K, out]
         if path == "kernel":
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
         elif path == "triton":
             y = triton_ops.piecewise(flat, weight, self.n, self.segments, step)
         elif path == "dense" and (basis_op := _basis_op(flat, weight)):
-            K = self.weights_per_link
-            basis = basis_op(flat, K, self.n, self.segments, step)
-            y = basis @ weight.reshape(self.in_features * K, self.out_features)
+            y = basis_op(flat, K, self.n, self.segments, step) @ table
         else:
-            K = self.weights_per_link
             nodes = chebyshev_lobatto(self.n, weight.dtype, weight.device)
             phi, rows = active_rows(flat, nodes, self.segments, step, K)
-            table = weight.reshape(-1, self.out_features)
             if path == "dense":
                 basis = flat.new_zeros(flat.shape[0], table.shape[0])
                 basis = basis.scatter(1, rows.flatten(1), phi.flatten(1))

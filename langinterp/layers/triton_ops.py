@@ -93,18 +93,6 @@ def repeatable(weight: Tensor) -> bool:
     return weight.shape[1] <= DENSE_GRAD_WEIGHT_MAX_K
 
 
-def supports(x: Tensor, weight: Tensor) -> bool:
-    """Whether the Triton path handles these tensors: CUDA, a float type, Triton, and nondeterminism allowed
-    unless dL/dW is repeatable."""
-    return (
-        x.device.type == "cuda"
-        and weight.device.type == "cuda"
-        and weight.dtype in FLOAT_TYPES
-        and (repeatable(weight) or not strictly_deterministic())
-        and available()
-    )
-
-
 def supports_dense(x: Tensor, weight: Tensor) -> bool:
     """Whether the dense path can build its basis and dL/dx with Triton: CUDA, a float type, Triton. Both
     kernels write every entry once, with no atomic adds, so every deterministic mode allows them."""
@@ -114,6 +102,12 @@ def supports_dense(x: Tensor, weight: Tensor) -> bool:
         and weight.dtype in FLOAT_TYPES
         and available()
     )
+
+
+def supports(x: Tensor, weight: Tensor) -> bool:
+    """Whether the Triton path handles these tensors: as for the dense path's kernels, and nondeterminism
+    allowed unless dL/dW is repeatable."""
+    return supports_dense(x, weight) and (repeatable(weight) or not strictly_deterministic())
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
