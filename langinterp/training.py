@@ -51,6 +51,7 @@ QUIET_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*Total length of `list` across ranks is zero.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*when logging on epoch level in distributed setting.*",  # CharLM logs means it summed over ranks
 )
 
 
@@ -346,9 +347,9 @@ def _finish(run: RunDir, trainer: pl.Trainer, datamodule: CharDataModule) -> Non
         atomic_write(best, last.read_bytes())
     recorder = next(c for c in trainer.callbacks if isinstance(c, RunRecorder))
     final = {
-        key: float(value)
+        key.removesuffix("_epoch"): float(value)
         for key, value in trainer.callback_metrics.items()
-        if not key.endswith(("_step", "_epoch"))
+        if not key.endswith("_step")
     }
     folds = {
         name: {"folded": report.folded, "dropped": report.dropped}

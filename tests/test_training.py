@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import signal
 import subprocess
 import sys
@@ -15,14 +16,16 @@ from conftest import assert_same_training_state, checkpoint_payload, child_envir
 
 from langinterp import training
 from langinterp.cli import run as cli
-from langinterp.data import WindowDataset, dataset_kind
+from langinterp.data import WindowDataset, build_splits, dataset_kind
 from langinterp.errors import UsageError
+from langinterp.evaluation import evaluate_model
+from langinterp.inference import load_for_inference
 from langinterp.interrupts import InterruptAt
 from langinterp.models import build_model, registered_types
 from langinterp.recipe import Recipe, load_recipe, resolve
 from langinterp.runs import find_run, list_runs, load_checkpoint
 from langinterp.text import encode
-from langinterp.trainable import PLATEAU_KEY, CharLM
+from langinterp.trainable import LN2, PLATEAU_KEY, CharLM, EpochMeans
 from langinterp.training import TrainingInterrupted, train
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
@@ -100,6 +103,46 @@ def test_training_lowers_the_loss_and_writes_the_run(small_text: Path) -> None:
 
     samples = run.samples_path.read_text()
     assert "--- epoch 1, sample 1" in samples and "--- epoch 2, sample 1" in samples
+
+
+def test_epoch_means_weigh_each_batch_by_its_size() -> None:
+    strategy = pl.strategies.SingleDeviceStrategy(device="cpu")
+    means = EpochMeans()
+    assert means.means(strategy) is None
+    means.add(torch.tensor([1.0, 0.5]), 3)
+    means.add(torch.tensor([5.0, 1.0]), 1)
+    torch.testing.assert_close(means.means(strategy), torch.tensor([2.0, 0.625]))
+
+
+def test_logged_validation_scores_are_the_saved_models_held_out_scores(small_text: Path) -> None:
+    recipe = tiny_recipe(small_text, "trainer.max_epochs=1")
+    run = train(recipe, quiet=True)
+    with run.metrics_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = next(row for row in rows if row["valid_bpc"])
+    epoch = next(row for row in rows if row["train_loss_epoch"])
+    assert float(epoch["train_bpc_epoch"]) == pytest.approx(float(epoch["train_loss_epoch"]) / LN2)
+
+    model = load_for_inference(run.name, "last", device="cpu").model
+    valid = build_splits(recipe.data).valid
+    scores = evaluate_model(model, valid, recipe.data["kind"])
+    assert float(logged["valid_bpc"]) == pytest.approx(scores.bits_per_char, rel=1e-5)
+    assert float(logged["valid_acc"]) == pytest.approx(scores.accuracy, rel=1e-5)
+
+    # The last validation batch is partial, so a plain mean of the batch means would not match.
+    batch = recipe.trainer["batch_size"]
+    dataset = WindowDataset(valid, recipe.data["context"], dataset_kind(recipe.data["kind"], model.reads))
+    assert len(dataset) % batch
+    with torch.no_grad():
+        batch_means = [
+            torch.nn.functional.cross_entropy(model(x), y).item()
+            for x, y in (
+                dataset.__getitems__(list(range(first, min(first + batch, len(dataset)))))
+                for first in range(0, len(dataset), batch)
+            )
+        ]
+    plain_bits = sum(batch_means) / len(batch_means) / LN2
+    assert float(logged["valid_bpc"]) != pytest.approx(plain_bits, rel=1e-5)
 
 
 def test_runs_are_repeatable_and_resume_continues_exactly(small_text: Path) -> None:
