@@ -84,15 +84,18 @@ def predicting(model: torch.nn.Module) -> Iterator[None]:
 
     Scoped per call rather than around the whole generation: a generator suspended at `yield` must not
     leave inference mode (thread-local) or eval mode switched on for the code consuming it, such as a
-    training loop that writes samples between epochs.
+    training loop that writes samples between epochs. A model already in eval mode throughout is left
+    alone: switching modes visits every submodule, about a sixth of a small model's time per character.
     """
-    was_training = model.training
-    model.eval()
+    training = [module for module in model.modules() if module.training]
+    if training:
+        model.eval()
     try:
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        for module in training:
+            module.training = True
 
 
 class _Reader:

@@ -181,3 +181,35 @@ def test_generation_leaves_training_mode_and_autograd_as_they_were_between_chara
     assert not torch.is_inference_mode_enabled()
     assert torch.is_grad_enabled()
     assert len("".join(stream)) == 2
+
+
+class ModeRecorder(torch.nn.Module):
+    """Passes its input through, recording whether it was in training mode at each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.training)
+        return logits
+
+
+class RecordingBigram(Bigram):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = ModeRecorder(), ModeRecorder()
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(super().forward(codes)))
+
+
+@pytest.mark.parametrize("root_training", [True, False])
+def test_generation_predicts_in_eval_mode_and_restores_each_modules_own_mode(root_training: bool) -> None:
+    model = RecordingBigram()
+    model.train(root_training)
+    model.first.train(True)  # modes may be mixed: each one comes back as it was
+    model.second.train(False)
+    assert len(text_of(model, "abc", 4, SamplingOptions())) == 4
+    assert model.first.seen == model.second.seen == [False] * 4
+    assert (model.training, model.first.training, model.second.training) == (root_training, True, False)
