@@ -15,7 +15,8 @@ from langinterp.layers import (
     refine,
 )
 from langinterp.layers import kernel as layer_kernel
-from langinterp.layers.basis import stride, weights_per_link
+from langinterp.layers.basis import chebyshev_lobatto, stride, weights_per_link
+from langinterp.layers.piecewise import active_rows
 
 # "pure" is the dense path without the compiled kernel (its basis built by PyTorch operations), as on a
 # machine without a compiler, on CUDA or in bf16.
@@ -280,6 +281,30 @@ def test_kernel_weight_gradient_overwrites_its_buffer():
     expected = torch.zeros_like(weight)
     layer_kernel._call("grad_weight", [x, grad, expected], x, weight, 2, 16, 1)
     assert torch.equal(result, expected) and (expected == 0).float().mean() > 0.5
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("segments", [1, 2, 3, 8, 12, 128, 1000, 1024])
+def test_kernel_locates_inputs_in_the_packages_arithmetic_bit_for_bit(dtype, segments):
+    # The kernel multiplies by 1 / s and s / 2 where s is a power of two (both exact) and divides otherwise;
+    # either way segment and local coordinate must round exactly as basis.locate's divisions. With n = 2
+    # the basis is (1 - t) / 2, (1 + t) / 2, exact given t, so the dense basis shows t bit for bit. Inputs:
+    # every segment boundary, the floats on either side of it, the domain's ends and beyond, random ones.
+    boundaries = (torch.arange(segments + 1, dtype=torch.float64) / segments * 2 - 1).to(dtype)
+    x = torch.cat(
+        [
+            boundaries,
+            torch.nextafter(boundaries, torch.full_like(boundaries, -2)),
+            torch.nextafter(boundaries, torch.full_like(boundaries, 2)),
+            torch.tensor([-3.0, -1.5, 1.5, 3.0, 0.0, -0.0, 1e-30, -1e-30], dtype=dtype),
+            torch.rand(200, generator=torch.Generator().manual_seed(0), dtype=dtype) * 2.4 - 1.2,
+        ]
+    ).reshape(-1, 1)
+    K = weights_per_link("continuous", 2, segments)
+    phi, rows = active_rows(x, chebyshev_lobatto(2, dtype), segments, 1, K)
+    expected = torch.zeros(x.shape[0], K, dtype=dtype).scatter(1, rows.flatten(1), phi.flatten(1))
+    assert torch.equal(layer_kernel.piecewise_basis(x, K, 2, segments, 1), expected)
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")

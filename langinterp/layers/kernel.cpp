@@ -78,25 +78,43 @@ inline void basis_row(const Basis<T>& b, int I, const T* __restrict t, const T* 
     }
 }
 
-// Segment, local coordinate, dt/dx and first table row of every input of one row.
-template <typename T>
-__attribute__((noinline)) void segment_row(const T* __restrict x, int I, int s, int stride, int K,
-                                           T* __restrict t, T* __restrict scale, int32_t* __restrict first) {
-    const T S = T(s);
+// Segment, local coordinate, dt/dx and first table row of every input of one row. With s a power of two,
+// 1 / s and s / 2 are exact, so every division by s or by high - low (exactly 2 / s) equals, bit for bit,
+// the product with that reciprocal (both round the same exact value once): that branch multiplies, since a
+// vector division costs several times a multiplication.
+template <typename T, bool PowerOfTwo>
+inline void segment_row_as(const T* __restrict x, int I, int s, int stride, int K, T* __restrict t,
+                           T* __restrict scale, int32_t* __restrict first) {
+    const T S = T(s), inverse = T(1) / S, half = S / T(2);
 #pragma omp simd
     for (int i = 0; i < I; ++i) {
         // floor(u) clamped to [0, s - 1] is the truncation of u clamped first; written so because truncation
         // vectorises where floor does not. A NaN fails both tests and lands in segment 0, never off the table.
-        T u = (x[i] + T(1)) / T(2) * S;
+        T u = PowerOfTwo ? (x[i] + T(1)) * half : (x[i] + T(1)) / T(2) * S;
         u = u >= T(0) ? u : T(0);
         u = u <= S - T(1) ? u : S - T(1);
         const int32_t j = int32_t(u);
         const T jf = T(j);
-        const T low = jf / S * T(2) - T(1), high = (jf + T(1)) / S * T(2) - T(1);
-        t[i] = T(2) * ((x[i] - low) / (high - low)) - T(1);
-        scale[i] = T(2) / (high - low);
+        if (PowerOfTwo) {
+            const T low = jf * inverse * T(2) - T(1);
+            t[i] = T(2) * ((x[i] - low) * half) - T(1);
+            scale[i] = S;
+        } else {
+            const T low = jf / S * T(2) - T(1), high = (jf + T(1)) / S * T(2) - T(1);
+            t[i] = T(2) * ((x[i] - low) / (high - low)) - T(1);
+            scale[i] = T(2) / (high - low);
+        }
         first[i] = i * K + j * stride;
     }
+}
+
+template <typename T>
+__attribute__((noinline)) void segment_row(const T* __restrict x, int I, int s, int stride, int K,
+                                           T* __restrict t, T* __restrict scale, int32_t* __restrict first) {
+    if ((s & (s - 1)) == 0)
+        segment_row_as<T, true>(x, I, s, stride, K, t, scale, first);
+    else
+        segment_row_as<T, false>(x, I, s, stride, K, t, scale, first);
 }
 
 // Everything locate computes, for one row, into caller scratch (t, scale, first: I; phi, row_of, dphi: I*n).
