@@ -8,10 +8,12 @@ as committed at --base (default HEAD) and as it is in the working tree, loads bo
 and, for each case of benchmarks/layers.py that takes the kernel (more than max(2n, 3) weights per link;
 the layer over codes runs the same forward pass and dL/dW as "input real"), calls each pass (forward,
 dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, with one thread and with
-all threads. It reports the median time of each build, the median of the turn-by-turn ratios (working
-tree / base: below 1 is faster) and the largest difference between the two builds' results relative to the
-largest entry (0 when both compute the same sums in the same order). Prints a table; writes JSON
-{"rows": [...]} to --out (default benchmarks/results/kernel_ab.json).
+all threads; and likewise the two passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for
+the cases that take it. It reports the median time of each build, the median of the turn-by-turn ratios
+(working tree / base: below 1 is faster) and the largest difference between the two builds' results
+relative to the largest entry (0 when both compute the same sums in the same order). Prints a table per
+path; writes JSON {"rows": [...], "dense_rows": [...]} to --out (default
+benchmarks/results/kernel_ab.json).
 """
 
 import argparse
@@ -33,15 +35,17 @@ from langinterp.layers.piecewise import dense_pays
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path("langinterp") / "layers" / "kernel.cpp"
 PASSES = ("forward", "grad_weight", "grad_input")
+DENSE_PASSES = ("dense_basis", "dense_grad_input")
 
 
-def kernel_cases() -> list[tuple[int, int, int, int]]:
-    """(in, out, n, segments) of the layer benchmark's cases on real inputs that take the kernel."""
+def real_cases(dense: bool) -> list[tuple[int, int, int, int]]:
+    """(in, out, n, segments) of the layer benchmark's cases on real inputs that take the dense path (dense)
+    or the kernel (not dense)."""
     return [
         (inputs, outputs, n, segments)
         for name, inputs, outputs, n, segments in CASES
         if name != "input codes"
-        and not dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True)
+        and dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True) == dense
     ]
 
 
@@ -64,7 +68,13 @@ def build(source: Path) -> ctypes.CDLL:
 
 
 def measure(
-    base: ctypes.CDLL, work: ctypes.CDLL, case: tuple, threads: int, turns: int, rows: int = BATCH
+    base: ctypes.CDLL,
+    work: ctypes.CDLL,
+    case: tuple,
+    threads: int,
+    turns: int,
+    dense: bool,
+    rows: int = BATCH,
 ) -> dict:
     inputs, outputs, n, segments = case
     torch.set_num_threads(threads)
@@ -72,14 +82,20 @@ def measure(
     K = weights_per_link("continuous", n, segments)
     x = torch.rand(rows, inputs) * 2 - 1
     weight = torch.randn(inputs, K, outputs)
-    grad = torch.randn(rows, outputs)
+    grad = torch.randn(rows, inputs * K if dense else outputs)
     row = {"in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
     builds = {"base": base, "work": work}
-    for name in PASSES:
-        steps = {
-            key: partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, library)
-            for key, library in builds.items()
-        }
+    for name in DENSE_PASSES if dense else PASSES:
+        if dense:
+            steps = {
+                key: partial(kernel.run_dense_pass, name, x, grad, K, n, segments, n - 1, library)
+                for key, library in builds.items()
+            }
+        else:
+            steps = {
+                key: partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, library)
+                for key, library in builds.items()
+            }
         results = [step() for step in steps.values()]
         row[f"{name}_difference"] = float((results[1] - results[0]).abs().max() / results[0].abs().max())
         times = turns_ms(steps, turns, warmup=2)
@@ -91,16 +107,16 @@ def measure(
     return row
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], passes: tuple[str, ...]) -> str:
     header = "| in | out | n | segments | threads |" + "".join(
-        f" {name} ms (base) | {name} ratio | {name} difference |" for name in PASSES
+        f" {name} ms (base) | {name} ratio | {name} difference |" for name in passes
     )
-    lines = [header, "|" + "---|" * (5 + 3 * len(PASSES))]
+    lines = [header, "|" + "---|" * (5 + 3 * len(passes))]
     for r in rows:
         cells = "".join(
             f" {r[f'{name}_work_ms']:.2f} ({r[f'{name}_base_ms']:.2f}) | {r[f'{name}_ratio']:.2f}"
             f" | {r[f'{name}_difference']:.1e} |"
-            for name in PASSES
+            for name in passes
         )
         lines.append(f"| {r['in']} | {r['out']} | {r['n']} | {r['segments']} | {r['threads']} |{cells}")
     return "\n".join(lines)
@@ -122,16 +138,23 @@ def main() -> None:
         base = build(base_source)
     work = build(ROOT / SOURCE)
     all_threads = torch.get_num_threads()
-    rows = [
-        measure(base, work, case, threads, args.turns)
-        for case in kernel_cases()
-        for threads in sorted({1, all_threads})
-    ]
+    measured = {
+        dense: [
+            measure(base, work, case, threads, args.turns, dense)
+            for case in real_cases(dense)
+            for threads in sorted({1, all_threads})
+        ]
+        for dense in (False, True)
+    }
     torch.set_num_threads(all_threads)
     print(f"working tree against {args.base}: ms of the working tree (of the base), ratio = tree / base")
-    print(table(rows))
+    print(table(measured[False], PASSES))
+    print()
+    print("the dense path's passes:")
+    print(table(measured[True], DENSE_PASSES))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"base": args.base, "rows": rows}, indent=2) + "\n")
+    payload = {"base": args.base, "rows": measured[False], "dense_rows": measured[True]}
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

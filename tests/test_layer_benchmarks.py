@@ -93,21 +93,26 @@ def test_layers_benchmark_refuses_a_forced_path_it_cannot_run(tmp_path):
 
 
 @needs_kernel
-def test_kernel_ab_compares_two_builds_pass_by_pass():
+@pytest.mark.parametrize("dense", [False, True])
+def test_kernel_ab_compares_two_builds_pass_by_pass(dense):
     work = kernel_ab.build(ROOT / kernel_ab.SOURCE)
     threads = torch.get_num_threads()
-    row = kernel_ab.measure(work, work, (5, 20, 2, 8), threads=1, turns=1, rows=40)
+    case = (5, 20, 2, 2) if dense else (5, 20, 2, 8)
+    row = kernel_ab.measure(work, work, case, threads=1, turns=1, dense=dense, rows=40)
     torch.set_num_threads(threads)
-    for name in kernel_ab.PASSES:
+    passes = kernel_ab.DENSE_PASSES if dense else kernel_ab.PASSES
+    for name in passes:
         # One build against itself: the same sums in the same order.
         assert row[f"{name}_difference"] == 0
         assert row[f"{name}_base_ms"] > 0 and row[f"{name}_work_ms"] > 0 and row[f"{name}_ratio"] > 0
-    assert "| 5 | 20 | 2 | 8 | 1 |" in kernel_ab.table([row])
+    shown = kernel_ab.table([row], passes)
+    assert f"| 5 | 20 | 2 | {case[3]} | 1 |" in shown and f" {passes[-1]} ratio |" in shown
 
 
-def test_kernel_ab_takes_the_cases_on_the_kernel_and_the_committed_source(tmp_path):
+def test_kernel_ab_takes_each_paths_cases_and_the_committed_source(tmp_path):
     on_kernel = [(16, 250, 2, 128), (250, 250, 3, 8), (250, 250, 2, 32), (128, 128, 2, 128)]
-    assert kernel_ab.kernel_cases() == on_kernel
+    assert kernel_ab.real_cases(dense=False) == on_kernel
+    assert kernel_ab.real_cases(dense=True) == [(250, 250, 2, 2), (250, 250, 5, 2)]
     committed = subprocess.run(
         ["git", "show", "HEAD:langinterp/layers/kernel.cpp"], cwd=ROOT, capture_output=True, check=True
     ).stdout

@@ -174,11 +174,29 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-def _dense(name: str, tensors: list[Tensor], x: Tensor, K: int, n: int, segments: int, step: int):
-    function = getattr(_library(), f"{name}_{DTYPES[x.dtype]}")
+def run_dense_pass(
+    name: str,
+    x: Tensor,
+    grad: Tensor | None,
+    K: int,
+    n: int,
+    segments: int,
+    step: int,
+    library: ctypes.CDLL | None = None,
+) -> Tensor:
+    """Dense-path pass ``name`` into a new result: ``dense_basis`` (the [rows, in*K] basis matrix) or
+    ``dense_grad_input`` (dL/dx from ``grad``, dL/dbasis); contiguous tensors; ``library`` as in _call."""
+    if name == "dense_basis":
+        result = x.new_empty(x.shape[0], x.shape[1] * K)
+        tensors = [x, result]
+    else:
+        result = torch.empty_like(x)
+        tensors = [x, grad, result]
+    function = getattr(library or _library(), f"{name}_{DTYPES[x.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     threads = _threads(x.shape[0] * x.shape[1] * K)
     function(*pointers, x.shape[0], x.shape[1], n, segments, step, K, threads)
+    return result
 
 
 @torch.library.custom_op("langinterp::piecewise_basis", mutates_args=())
@@ -188,10 +206,7 @@ def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tens
     Its product with the weight table is left to a plain matmul, so that autograd keeps the basis for dL/dW
     (as a Linear keeps its input) instead of this op rebuilding it.
     """
-    x = x.contiguous()
-    basis = x.new_empty(x.shape[0], x.shape[1] * K)
-    _dense("dense_basis", [x, basis], x, K, n, segments, step)
-    return basis
+    return run_dense_pass("dense_basis", x.contiguous(), None, K, n, segments, step)
 
 
 @piecewise_basis.register_fake
@@ -202,10 +217,7 @@ def _(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
 @torch.library.custom_op("langinterp::piecewise_basis_grad", mutates_args=())
 def piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
     """dL/dx[r, i] = sum_k dphi_k/dx grad[r, active column k of input i] (grad: dL/dbasis = dy @ W^T)."""
-    x, grad = x.contiguous(), grad.contiguous()
-    result = torch.empty_like(x)
-    _dense("dense_grad_input", [x, grad, result], x, K, n, segments, step)
-    return result
+    return run_dense_pass("dense_grad_input", x.contiguous(), grad.contiguous(), K, n, segments, step)
 
 
 @piecewise_basis_grad.register_fake
