@@ -894,6 +894,20 @@ void dense_basis(const T* x, T* basis, int64_t rows, int I, int n, int s, int st
     }
 }
 
+// out[i] = sum_k coef[k * I + i] p[row_of[k * I + i]], each sum in a register and stored once, for node
+// count N known at compile time (N = 0: n_rt), so that the loop over inputs vectorises with gathers from p.
+template <typename T, int N>
+inline void gathered_sums(const T* __restrict coef, const int32_t* __restrict row_of, const T* __restrict p,
+                          T* __restrict out, int I, int n_rt) {
+    const int n = N > 0 ? N : n_rt;
+#pragma omp simd
+    for (int i = 0; i < I; ++i) {
+        T sum = 0;
+        for (int k = 0; k < n; ++k) sum += coef[k * I + i] * p[row_of[k * I + i]];
+        out[i] = sum;
+    }
+}
+
 // dx[r, i] = sum_k dphi_k/dx projected[r, row_k], projected = dy @ W^T of the dense path.
 template <typename T>
 void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I, int n, int s, int stride,
@@ -910,9 +924,14 @@ void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I
                        dphi.get());
             const T* p = projected + r * width;
             T* out = dx + r * I;
-            for (int i = 0; i < I; ++i) out[i] = 0;
-            for (int k = 0; k < n; ++k)
-                for (int i = 0; i < I; ++i) out[i] += dphi[k * I + i] * p[row_of[k * I + i]];
+            switch (n) {
+                case 1: gathered_sums<T, 1>(dphi.get(), row_of.get(), p, out, I, n); break;
+                case 2: gathered_sums<T, 2>(dphi.get(), row_of.get(), p, out, I, n); break;
+                case 3: gathered_sums<T, 3>(dphi.get(), row_of.get(), p, out, I, n); break;
+                case 4: gathered_sums<T, 4>(dphi.get(), row_of.get(), p, out, I, n); break;
+                case 5: gathered_sums<T, 5>(dphi.get(), row_of.get(), p, out, I, n); break;
+                default: gathered_sums<T, 0>(dphi.get(), row_of.get(), p, out, I, n);
+            }
         }
     }
 }
