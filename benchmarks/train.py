@@ -8,12 +8,14 @@ Three networks with the shapes of recipes/sparse_mlp.toml (16 characters -> 200 
   which is the floor a piecewise layer can hope for (it does the same multiply-adds plus a gather);
 - high-order-layers-torch: the same network from that package's PiecewisePolynomial layers.
 Each row times a full training step (forward, cross-entropy, backward, Lion step) at batch 1000, the median
-of repeated steps after warm-up, in this one process. high-order-layers-torch copies its weights per sample,
-so it runs at a smaller batch and its step time is scaled linearly to 1000 (its `batch` column says so).
-The last row is generation: characters per second of `langinterp.sampling.generate` with sparse_mlp.
+of repeated steps after warm-up, in this one process. sparse_mlp and the plain MLP take turns, so that load
+from elsewhere on a shared machine falls on both alike, and their ratio is the median of the turn-by-turn
+ratios. high-order-layers-torch copies its weights per sample, so it runs at a smaller batch and its step
+time is scaled linearly to 1000 (its `batch` column says so). The last row is generation: characters per
+second of `langinterp.sampling.generate` with sparse_mlp.
 
-Prints a table; writes JSON {"rows": [{"model", "chars_per_s", "step_ms", ...}]} to --out
-(default benchmarks/results/train.json).
+Prints a table; writes JSON {"rows": [{"model", "batch", "step_ms", "chars_per_s", "ratio"}]} to --out
+(default benchmarks/results/train.json); ratio is to the plain MLP (None for generation).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from layers import turns_ms
 from lion_pytorch import Lion
 from torch import nn
 
@@ -37,17 +40,6 @@ from langinterp.sampling import SamplingOptions, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 1000
-
-
-def median_ms(step: Callable[[], None], repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def training_step(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[], None]:
@@ -110,23 +102,26 @@ def run(quick: bool) -> list[dict]:
     rows = []
 
     ours = build_model(recipe)
-    rows.append(
-        ("sparse_mlp (langinterp)", BATCH, median_ms(training_step(ours, codes, targets), repeats, warmup))
-    )
     plain = plain_mlp(context, width, n)
     units = codes_to_unit(codes)
-    rows.append(
-        ("plain MLP, same matmuls", BATCH, median_ms(training_step(plain, units, targets), repeats, warmup))
-    )
+    steps = {"ours": training_step(ours, codes, targets), "plain": training_step(plain, units, targets)}
+    times = turns_ms(steps, repeats, warmup)
+    plain_ms = statistics.median(times["plain"])
+    ratio = statistics.median(o / p for o, p in zip(times["ours"], times["plain"], strict=True))
+    rows = [
+        ("sparse_mlp (langinterp)", BATCH, statistics.median(times["ours"]), ratio),
+        ("plain MLP, same matmuls", BATCH, plain_ms, 1.0),
+    ]
     hol = hol_mlp(context, width, recipe.model)
     if hol is not None:
         small = 25 if quick else 100
         step = training_step(hol, units[:small], targets[:small])
-        rows.append(("high-order-layers-torch", small, median_ms(step, 2 if quick else 3, 1) * BATCH / small))
+        hol_ms = statistics.median(turns_ms({"hol": step}, 2 if quick else 3, 1)["hol"]) * BATCH / small
+        rows.append(("high-order-layers-torch", small, hol_ms, hol_ms / plain_ms))
 
     results = [
-        {"model": name, "batch": batch, "step_ms": ms, "chars_per_s": BATCH / ms * 1000}
-        for name, batch, ms in rows
+        {"model": name, "batch": batch, "step_ms": ms, "chars_per_s": BATCH / ms * 1000, "ratio": ratio}
+        for name, batch, ms, ratio in rows
     ]
     chars = 100 if quick else 400
     prompt = "The Dunwich Horror"
@@ -139,6 +134,7 @@ def run(quick: bool) -> list[dict]:
             "batch": 1,
             "step_ms": elapsed / len(text) * 1000,
             "chars_per_s": len(text) / elapsed,
+            "ratio": None,
         }
     )
     return results
@@ -152,12 +148,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train.json")
     args = parser.parse_args()
     rows = run(args.quick)
-    plain = next(r for r in rows if r["model"].startswith("plain"))
     print(f"torch threads: {torch.get_num_threads()}")
     print("| model | batch | step ms (batch 1000) | chars/s | / plain MLP |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
-        ratio = "-" if row["batch"] == 1 else f"{row['step_ms'] / plain['step_ms']:.2f}"
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
         cells = [
             row["model"],
             str(row["batch"]),
