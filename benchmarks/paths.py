@@ -1,4 +1,4 @@
-"""Where the dense path stops paying on the CPU: both paths of a layer against the matmul, by K/n.
+"""Where the dense path stops paying on the CPU: the paths of a layer against the matmul, by K/n.
 
     python benchmarks/paths.py [--quick] [--out FILE]
 
@@ -9,7 +9,8 @@ segments) below, at batch 1024 with 250 inputs and outputs, with one thread and 
 a forward+backward pass of the layer forced onto each path and of nn.Linear(in*n, out), taking turns in
 this one process (the input needs a gradient, as in a hidden layer), and reports each path as the median
 over turns of its ratio to the Linear, the faster path, and the one ``path = "auto"`` picks
-(piecewise.dense_pays). These are the measurements behind that rule. Prints a table; writes JSON
+(piecewise.dense_pays). These are the measurements behind that rule. Continuous layers with n = 2 are also
+timed on the kink basis (kinks.py), which takes the dense path's place for them. Prints a table; writes JSON
 {"rows": [...]} to --out (default benchmarks/results/paths.json). Needs the compiled CPU kernel.
 """
 
@@ -48,8 +49,10 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = (torch.rand(BATCH, width) * 2 - 1).requires_grad_()
+    layer = HighOrderLinear(width, width, n, segments, kind=kind)
+    paths = ("dense", "kernel", "kinks") if layer.takes_kinks else ("dense", "kernel")
     steps = {}
-    for path in ("dense", "kernel"):
+    for path in paths:
         layer = HighOrderLinear(width, width, n, segments, kind=kind)
         layer.path = path
         steps[path] = pass_of(layer, x)
@@ -59,12 +62,13 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
     layer.path = "auto"
     row = {"kind": kind, "n": n, "segments": segments, "K": layer.weights_per_link, "threads": threads}
     row["linear_ms"] = statistics.median(turns["linear"])
-    for path in ("dense", "kernel"):
+    row["kinks_ms"] = row["kinks_ratio"] = None
+    for path in paths:
         row[f"{path}_ms"] = statistics.median(turns[path])
         row[f"{path}_ratio"] = statistics.median(
             a / b for a, b in zip(turns[path], turns["linear"], strict=True)
         )
-    row["faster"] = "dense" if row["dense_ratio"] <= row["kernel_ratio"] else "kernel"
+    row["faster"] = min(paths, key=lambda path: row[f"{path}_ratio"])
     row["auto"] = layer.choose_path(x)
     return row
 
@@ -72,14 +76,15 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
 def table(rows: list[dict]) -> str:
     lines = [
         "| kind | n | segments | K | K/n | threads | Linear(in*n) ms | dense / Linear | kernel / Linear "
-        "| faster | auto |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kinks / Linear | faster | auto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        kinks = "-" if r["kinks_ratio"] is None else f"{r['kinks_ratio']:.2f}"
         lines.append(
             f"| {r['kind']} | {r['n']} | {r['segments']} | {r['K']} | {r['K'] / r['n']:.2f} | {r['threads']} "
-            f"| {r['linear_ms']:.2f} | {r['dense_ratio']:.2f} | {r['kernel_ratio']:.2f} | {r['faster']} "
-            f"| {r['auto']} |"
+            f"| {r['linear_ms']:.2f} | {r['dense_ratio']:.2f} | {r['kernel_ratio']:.2f} | {kinks} "
+            f"| {r['faster']} | {r['auto']} |"
         )
     return "\n".join(lines)
 

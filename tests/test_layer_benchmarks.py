@@ -11,7 +11,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from langinterp.layers import HighOrderLinear, kernel
+from langinterp.layers import HighOrderLinear, kernel, weights_per_link
 from langinterp.layers.piecewise import dense_pays
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,18 +37,26 @@ kernel_ab = load("kernel_ab")
 
 
 @needs_kernel
-@pytest.mark.parametrize(("kind", "n", "segments"), [("continuous", 2, 3), ("continuous", 2, 4)])
-def test_paths_row_reports_both_paths_and_the_automatic_choice(kind, n, segments):
+@pytest.mark.parametrize(
+    ("kind", "n", "segments"), [("continuous", 2, 3), ("continuous", 2, 4), ("discontinuous", 2, 2)]
+)
+def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments):
     threads = torch.get_num_threads()
     row = paths.measure(kind, n, segments, threads=1, repeats=1, width=6)
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
-    K = (n - 1) * segments + 1
+    K = weights_per_link(kind, n, segments)
+    kinks = kind == "continuous" and n == 2  # the layers that can take the kink basis
     assert row["K"] == K and row["threads"] == 1
     assert all(row[key] > 0 for key in ("linear_ms", "dense_ms", "kernel_ms", "dense_ratio", "kernel_ratio"))
-    assert row["faster"] == ("dense" if row["dense_ratio"] <= row["kernel_ratio"] else "kernel")
-    assert row["auto"] == ("dense" if dense_pays(K, n, on_kernel=True) else "kernel")
-    assert f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 |" in paths.table([row])
+    assert (row["kinks_ratio"] is not None) == kinks
+    timed = ("dense", "kernel", "kinks") if kinks else ("dense", "kernel")
+    assert row["faster"] == min(timed, key=lambda path: row[f"{path}_ratio"])
+    dense = "kinks" if kinks else "dense"
+    assert row["auto"] == (dense if dense_pays(K, n, on_kernel=True) else "kernel")
+    shown = paths.table([row])
+    assert f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 |" in shown
+    assert (f" {row['kinks_ratio']:.2f} |" if kinks else " | - | ") in shown
 
 
 def test_every_paths_case_is_a_valid_layer():
@@ -72,6 +80,8 @@ def test_forced_paths_choose_their_cases_and_refuse_what_cannot_run():
     assert all(case[0] != "input codes" for case in layers.chosen_cases(None, "dense"))
     assert [case[4] for case in layers.chosen_cases([2], "auto")] == [2, 2]
     assert layers.chosen_cases(None, "auto") == layers.CASES
+    kinks = layers.chosen_cases(None, "kinks")  # the continuous layers with n = 2 only
+    assert [case[3:] for case in kinks] == [(2, 128), (2, 2), (2, 32), (2, 128)]
     assert layers.path_problem("triton", "cpu") == "--path triton needs --device cuda and Triton"
     assert layers.path_problem("kernel", "cuda") is not None
     assert layers.path_problem("dense", "cpu") is None and layers.path_problem("auto", "cuda") is None

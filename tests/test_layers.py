@@ -143,7 +143,8 @@ def test_choose_path_by_weights_per_link():
     small = HighOrderLinear(4, 4, 2, 2)
     large = HighOrderLinear(4, 4, 2, 64)
     x = torch.zeros(1, 4)
-    assert small.choose_path(x) == "dense"
+    assert small.choose_path(x) == "kinks"  # the dense path's place, for continuous layers with n = 2
+    assert HighOrderLinear(4, 4, 3, 2).choose_path(x) == "dense"
     assert large.choose_path(x) == ("kernel" if layer_kernel.available() else "gather")
     assert large.choose_path(x.to("meta")) in {"gather", "kernel"}
 
@@ -151,10 +152,11 @@ def test_choose_path_by_weights_per_link():
 @pytest.mark.parametrize(
     ("kind", "n", "segments", "with_kernel", "elsewhere"),
     [
-        ("continuous", 2, 3, "dense", "dense"),  # K = 4 = 2n
-        ("continuous", 2, 4, "kernel", "dense"),  # K = 5: past 2n, within 4n
+        ("continuous", 2, 3, "kinks", "kinks"),  # K = 4 = 2n; continuous with n = 2: the kink basis
+        ("continuous", 2, 4, "kernel", "kinks"),  # K = 5: past 2n, within 4n
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
         ("continuous", 5, 2, "dense", "dense"),  # K = 9 <= 2n
+        ("discontinuous", 2, 2, "dense", "dense"),  # K = 4 = 2n, but not continuous
         ("continuous", 3, 4, "kernel", "dense"),  # K = 9 > 2n
         ("discontinuous", 1, 3, "dense", "dense"),  # n = 1: dense up to K = 3
         ("discontinuous", 1, 4, "kernel", "dense"),
@@ -162,12 +164,79 @@ def test_choose_path_by_weights_per_link():
     ],
 )
 def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
-    """Against the compiled kernel dense is taken up to K = max(2n, 3) (benchmarks/paths.py); against the
-    gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
+    """Against the compiled kernel dense (or kinks) is taken up to K = max(2n, 3) (benchmarks/paths.py);
+    against the gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
     layer = HighOrderLinear(3, 2, n, segments, kind=kind)
     if layer_kernel.available():
         assert layer.choose_path(torch.zeros(1, 3)) == with_kernel
     assert layer.to(torch.bfloat16).choose_path(torch.zeros(1, 3, dtype=torch.bfloat16)) == elsewhere
+
+
+@pytest.mark.parametrize("s", [1, 2, 8, 128])
+def test_kink_basis_matches_high_order_layers_torch(s):
+    # The same comparison as test_matches_high_order_layers_torch (whose segment counts the package
+    # locates exactly in float64), for the path that only continuous layers with n = 2 take (128 segments
+    # too, forced: the basis's rounding grows with s squared). 3 and 7 segments: the plain loop, below.
+    layer = make("continuous", 2, s, path="kinks", initialization="uniform")
+    theirs = oracle(layer)
+    x = inputs_inside_and_outside()
+    x_theirs = x.detach().clone().requires_grad_()
+    weights = torch.randn(12, 4, dtype=torch.float64)
+    ours, expected = layer(x), theirs(x_theirs)
+    (ours * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert relative_error(ours, expected) <= 1e-10
+    assert relative_error(x.grad, x_theirs.grad) <= 1e-10
+    assert relative_error(layer.weight.grad, theirs.w.grad.permute(1, 2, 0)) <= 1e-10
+
+
+@pytest.mark.parametrize("s", [2, 3, 7])
+def test_kink_basis_with_leading_dims_bias_and_gradcheck(s):
+    layer = make("continuous", 2, s, path="kinks", bias=True)
+    with torch.no_grad():
+        layer.bias.uniform_()
+    x = inputs_inside_and_outside(rows=10)
+    y = layer(x.detach().view(2, 5, 3))
+    expected = reference(layer, x.detach()) + layer.bias.detach()
+    torch.testing.assert_close(y.reshape(10, 4), expected, rtol=1e-12, atol=1e-12)
+    small = make("continuous", 2, s, inputs=2, outputs=3, path="kinks")
+    x = inputs_inside_and_outside(rows=4, inputs=2)
+    assert torch.autograd.gradcheck(
+        lambda x, w: torch.func.functional_call(small, {"weight": w}, (x,)), (x, small.weight)
+    )
+
+
+@pytest.mark.parametrize("s", [2, 3, 7])
+def test_kink_basis_takes_the_right_segments_slope_at_a_knot(s):
+    # The package puts x = x_k in segment k, so dy/dx there is that segment's slope; so does the dense
+    # path. -0.0 is the knot 0 too (2 segments).
+    knots = [2 * k / s - 1 for k in range(s + 1)] + [-0.0]
+    x = torch.tensor(knots, dtype=torch.float64).unsqueeze(-1).expand(-1, 3).contiguous()
+    grads = []
+    for path in ("kinks", "gather"):
+        layer = make("continuous", 2, s, path=path, initialization="uniform")
+        point = x.clone().requires_grad_()
+        layer(point).sum().backward()
+        grads.append(point.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [2, 3, 7])
+def test_kink_basis_in_float32_and_on_the_meta_device(s):
+    layer = make("continuous", 2, s, inputs=20, outputs=30, path="kinks", dtype=torch.float32)
+    x = torch.rand(50, 20) * 2.2 - 1.1
+    torch.testing.assert_close(layer(x).double(), reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert layer.to("meta")(x.to("meta")).shape == (50, 30)
+
+
+def test_only_continuous_layers_with_two_nodes_take_the_kink_basis():
+    for kind, n, s in [("continuous", 3, 2), ("discontinuous", 2, 2), ("polynomial", 2, 1)]:
+        layer = HighOrderLinear(3, 2, n, s, kind=kind)
+        assert not layer.takes_kinks
+        layer.path = "kinks"
+        with pytest.raises(ValueError, match="kinks path needs a continuous layer with n = 2"):
+            layer(torch.zeros(1, 3))
+    assert list(HighOrderLinear(3, 2, 2, 2).state_dict()) == ["weight"]  # checkpoints keep their keys
 
 
 def test_validation_messages():

@@ -20,6 +20,11 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   three runs); with n = 1, where the kernel does least per row it fetches, dense wins up to K = 3 and the
   kernel from K = 4 (by up to 1.2x). Elsewhere the alternative is the slow gather path, or Triton, not
   timed at small K, so dense is kept up to K = 4n.
+- ``kinks`` instead of ``dense`` for a continuous layer with n = 2 (kinks.py), except on CUDA with Triton: the
+  same function as a Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, not K = s + 1)
+  plus a bias, the coefficients a fixed linear map of the weights; with 2 segments exactly the
+  multiply-adds of Linear(in*n -> out). Plain PyTorch operations, so autograd, autocast and torch.compile
+  apply as they are. On CUDA the Triton dense path stays until the two are timed on a GPU.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
@@ -38,8 +43,9 @@ from torch import Tensor, nn
 from . import kernel, triton_ops
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
+from .kinks import kink_linear
 
-PATHS = ("auto", "dense", "kernel", "triton", "gather")
+PATHS = ("auto", "dense", "kinks", "kernel", "triton", "gather")
 DENSE_RATIO = 4
 
 
@@ -100,6 +106,11 @@ class HighOrderLinear(nn.Module):
         initialize(self.weight, initialization, kind, n, segments)
 
     @property
+    def takes_kinks(self) -> bool:
+        """Whether the kink basis (kinks.py) can compute this layer: continuous with n = 2."""
+        return self.kind == "continuous" and self.n == 2
+
+    @property
     def weights_per_link(self) -> int:
         """K: (n - 1) * segments + 1 when continuous, else n * segments."""
         return self.weight.shape[1]
@@ -109,10 +120,13 @@ class HighOrderLinear(nn.Module):
         if self.path != "auto":
             if self.path not in PATHS:
                 raise ValueError(f"unknown path {self.path!r}; expected one of {', '.join(PATHS)}")
+            if self.path == "kinks" and not self.takes_kinks:
+                raise ValueError("the kinks path needs a continuous layer with n = 2")
             return self.path
         on_kernel = kernel.supports(x, self.weight)
         if dense_pays(self.weights_per_link, self.n, on_kernel):
-            return "dense"
+            kinks = self.takes_kinks and not triton_ops.supports_dense(x, self.weight)
+            return "kinks" if kinks else "dense"
         if on_kernel:
             return "kernel"
         return "triton" if triton_ops.supports(x, self.weight) else "gather"
@@ -127,7 +141,9 @@ class HighOrderLinear(nn.Module):
         step = stride(self.kind, self.n)
         K = self.weights_per_link
         table = weight.reshape(-1, self.out_features)  # [in*K, out]
-        if path == "kernel":
+        if path == "kinks":
+            y = kink_linear(flat, weight)
+        elif path == "kernel":
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
         elif path == "triton":
             y = triton_ops.piecewise(flat, weight, self.n, self.segments, step)

@@ -1,0 +1,59 @@
+"""The kink basis: a continuous piecewise-linear layer (n = 2) as a line plus one |x - x_k| per knot.
+
+A continuous piecewise-linear function with s equal segments on [-1, 1] (node values w_0 .. w_s, slopes
+m_j = (w_{j+1} - w_j) s / 2) is, exactly and for every x (the edge segments' lines continue outside):
+
+    f(x) = c + b x + sum_{k=1}^{s-1} a_k |x - x_k|,   x_k = 2 k / s - 1,
+    a_k = (m_k - m_{k-1}) / 2,   b = (m_0 + m_{s-1}) / 2,   c = w_0 + m_0 - sum_k a_k x_k.
+
+So the layer is a Linear over s values per input, [x, |x - x_1|, ..., |x - x_{s-1}|], plus a bias (the sum
+of every input's c), where the node basis of the dense path needs K = s + 1 values per input: with 2
+segments exactly the multiply-adds of nn.Linear(2 in, out). The coefficients are a fixed linear map of the
+node values (``kink_map``), applied to the weights on every call (a small matmul), so the weights, their
+gradient and the high-order-layers-torch mapping stay those of the node basis. Rounding differs from the
+node basis by a few units in the last place. At a knot the derivative is the right segment's slope, as the
+package locates x = x_k in segment k.
+"""
+
+from functools import cache
+
+import torch
+from torch import Tensor
+
+
+@cache
+def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """C [s + 1, s + 1] and the interior knots [s - 1]: row 0 of C @ w is b, rows 1 .. s - 1 the a_k, row
+    s the constant c, for node values w of one link. Computed in float64 and cast, once per (segments,
+    dtype, device): kept on the layer as buffers they would lose digits in a float32 round trip."""
+    s = segments
+    slopes = torch.zeros(s, s + 1, dtype=torch.float64)
+    index = torch.arange(s)
+    slopes[index, index] = -s / 2
+    slopes[index, index + 1] = s / 2
+    knots = torch.arange(1, s, dtype=torch.float64) * 2 / s - 1
+    halves = (slopes[1:] - slopes[:-1]) / 2
+    constant = torch.zeros(s + 1, dtype=torch.float64)
+    constant[0] = 1
+    constant = constant + slopes[0] - (halves * knots[:, None]).sum(0)
+    line = (slopes[0] + slopes[-1]) / 2
+    matrix = torch.cat([line[None], halves, constant[None]])
+    return matrix.to(device, dtype), knots.to(device, dtype)
+
+
+def kink_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """y [rows, out] of the continuous n = 2 layer with node weights [in, s + 1, out] on x [rows, in]."""
+    s = weight.shape[1] - 1
+    outputs = weight.shape[2]
+    matrix, knots = kink_map(s, weight.dtype, weight.device)
+    # [s + 1, in, out]: every link's b, a_1 .. a_{s-1} and c, by one small matmul over the node values.
+    coefficients = torch.tensordot(matrix, weight, dims=([1], [1]))
+    y = torch.addmm(coefficients[s].sum(0), x, coefficients[0])
+    if s == 1:
+        return y
+    # [rows, (s - 1) * in], knot-major like coefficients[1:s]; with 2 segments the one knot is 0.
+    shifted = x if s == 2 else (x.unsqueeze(1) - knots.to(x.dtype)[:, None]).flatten(1)
+    # |x - x_k| as a product with its sign, so that the derivative at the knot is +1 (the right segment);
+    # adding +0.0 turns -0.0 into +0.0 first. (abs would give 0 there, and torch.where is far slower.)
+    sign = torch.copysign(torch.ones((), dtype=shifted.dtype, device=shifted.device), shifted + 0.0)
+    return torch.addmm(y, shifted * sign, coefficients[1:s].reshape(-1, outputs))
