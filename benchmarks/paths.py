@@ -9,9 +9,10 @@ segments) below, at batch 1024 with 250 inputs and outputs, with one thread and 
 a forward+backward pass of the layer forced onto each path and of nn.Linear(in*n, out), taking turns in
 this one process (the input needs a gradient, as in a hidden layer), and reports each path as the median
 over turns of its ratio to the Linear, the faster path, and the one ``path = "auto"`` picks
-(piecewise.dense_pays). These are the measurements behind that rule. Continuous layers with n = 2 are also
-timed on the kink basis (kinks.py), which takes the dense path's place for them. Prints a table; writes JSON
-{"rows": [...]} to --out (default benchmarks/results/paths.json). Needs the compiled CPU kernel.
+(piecewise.dense_pays, KINKS_MAX_SEGMENTS). These are the measurements behind those rules. Continuous
+layers with n = 2 are also timed on the kink basis (kinks.py), which takes the dense path's place for them
+up to 2 segments. Prints a table; writes JSON {"rows": [...]} to --out (default
+benchmarks/results/paths.json). Needs the compiled CPU kernel.
 """
 
 import argparse

@@ -152,8 +152,9 @@ def test_choose_path_by_weights_per_link():
 @pytest.mark.parametrize(
     ("kind", "n", "segments", "with_kernel", "elsewhere"),
     [
-        ("continuous", 2, 3, "kinks", "kinks"),  # K = 4 = 2n; continuous with n = 2: the kink basis
-        ("continuous", 2, 4, "kernel", "kinks"),  # K = 5: past 2n, within 4n
+        ("continuous", 2, 1, "kinks", "kinks"),  # continuous with n = 2, at most 2 segments: kink basis
+        ("continuous", 2, 3, "dense", "dense"),  # K = 4 = 2n
+        ("continuous", 2, 4, "kernel", "dense"),  # K = 5: past 2n, within 4n
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
         ("continuous", 5, 2, "dense", "dense"),  # K = 9 <= 2n
         ("discontinuous", 2, 2, "dense", "dense"),  # K = 4 = 2n, but not continuous
