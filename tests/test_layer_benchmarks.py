@@ -43,7 +43,7 @@ kernel_ab = load("kernel_ab")
 )
 def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments):
     threads = torch.get_num_threads()
-    row = paths.measure(kind, n, segments, threads=1, repeats=1, width=6)
+    row = paths.measure(kind, n, segments, threads=1, repeats=1, width=128)
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     K = weights_per_link(kind, n, segments)
@@ -53,7 +53,7 @@ def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments)
     assert (row["kinks_ratio"] is not None) == kinks
     timed = ("dense", "kernel", "kinks") if kinks else ("dense", "kernel")
     assert row["faster"] == min(timed, key=lambda path: row[f"{path}_ratio"])
-    dense = "kinks" if kinks and segments <= 2 else "dense"
+    dense = "kinks" if kinks and segments <= 2 else "dense"  # batch 1024 and 128 inputs: large enough
     assert row["auto"] == (dense if dense_pays(K, n, on_kernel=True) else "kernel")
     shown = paths.table([row])
     assert f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 |" in shown

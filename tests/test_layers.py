@@ -143,8 +143,13 @@ def test_choose_path_by_weights_per_link():
     small = HighOrderLinear(4, 4, 2, 2)
     large = HighOrderLinear(4, 4, 2, 64)
     x = torch.zeros(1, 4)
-    assert small.choose_path(x) == "kinks"  # the dense path's place, for continuous layers with n = 2
+    assert small.choose_path(x) == "dense"
     assert HighOrderLinear(4, 4, 3, 2).choose_path(x) == "dense"
+    # The kink basis takes the dense path's place for continuous layers with n = 2 on large enough calls.
+    wide = HighOrderLinear(128, 4, 2, 2)
+    assert wide.choose_path(torch.zeros(256, 128)) == "kinks"
+    assert wide.choose_path(torch.zeros(255, 128)) == "dense"
+    assert HighOrderLinear(127, 4, 2, 2).choose_path(torch.zeros(256, 127)) == "dense"
     assert large.choose_path(x) == ("kernel" if layer_kernel.available() else "gather")
     assert large.choose_path(x.to("meta")) in {"gather", "kernel"}
 
@@ -152,7 +157,7 @@ def test_choose_path_by_weights_per_link():
 @pytest.mark.parametrize(
     ("kind", "n", "segments", "with_kernel", "elsewhere"),
     [
-        ("continuous", 2, 1, "kinks", "kinks"),  # continuous with n = 2, at most 2 segments: kink basis
+        ("continuous", 2, 1, "kinks", "kinks"),  # n = 2, at most 2 segments, a large call: kink basis
         ("continuous", 2, 3, "dense", "dense"),  # K = 4 = 2n
         ("continuous", 2, 4, "kernel", "dense"),  # K = 5: past 2n, within 4n
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
@@ -167,10 +172,11 @@ def test_choose_path_by_weights_per_link():
 def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
     """Against the compiled kernel dense (or kinks) is taken up to K = max(2n, 3) (benchmarks/paths.py);
     against the gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
-    layer = HighOrderLinear(3, 2, n, segments, kind=kind)
+    layer = HighOrderLinear(128, 2, n, segments, kind=kind)
+    x = torch.zeros(256, 128)  # large enough for the kink basis
     if layer_kernel.available():
-        assert layer.choose_path(torch.zeros(1, 3)) == with_kernel
-    assert layer.to(torch.bfloat16).choose_path(torch.zeros(1, 3, dtype=torch.bfloat16)) == elsewhere
+        assert layer.choose_path(x) == with_kernel
+    assert layer.to(torch.bfloat16).choose_path(x.bfloat16()) == elsewhere
 
 
 @pytest.mark.parametrize("s", [1, 2, 8, 128])

@@ -22,10 +22,9 @@ from torch import Tensor
 
 
 @cache
-def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """C [s + 1, s + 1] and the interior knots [s - 1]: row 0 of C @ w is b, rows 1 .. s - 1 the a_k, row
-    s the constant c, for node values w of one link. Computed in float64 and cast, once per (segments,
-    dtype, device): kept on the layer as buffers they would lose digits in a float32 round trip."""
+def _kink_values(segments: int) -> tuple[list[list[float]], list[float]]:
+    """kink_map's entries as Python floats, computed once per segment count in float64. Only numbers are
+    cached: a cached tensor would carry the inference mode, fake mode or device of the call that made it."""
     s = segments
     slopes = torch.zeros(s, s + 1, dtype=torch.float64)
     index = torch.arange(s)
@@ -37,8 +36,14 @@ def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> tuple[T
     constant[0] = 1
     constant = constant + slopes[0] - (halves * knots[:, None]).sum(0)
     line = (slopes[0] + slopes[-1]) / 2
-    matrix = torch.cat([line[None], halves, constant[None]])
-    return matrix.to(device, dtype), knots.to(device, dtype)
+    return torch.cat([line[None], halves, constant[None]]).tolist(), knots.tolist()
+
+
+def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """C [s + 1, s + 1] and the interior knots [s - 1]: row 0 of C @ w is b, rows 1 .. s - 1 the a_k, row
+    s the constant c, for node values w of one link (each entry rounded once, from float64)."""
+    matrix, knots = _kink_values(segments)
+    return torch.tensor(matrix, dtype=dtype, device=device), torch.tensor(knots, dtype=dtype, device=device)
 
 
 def kink_linear(x: Tensor, weight: Tensor) -> Tensor:

@@ -20,14 +20,15 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   three runs); with n = 1, where the kernel does least per row it fetches, dense wins up to K = 3 and the
   kernel from K = 4 (by up to 1.2x). Elsewhere the alternative is the slow gather path, or Triton, not
   timed at small K, so dense is kept up to K = 4n.
-- ``kinks`` instead of ``dense`` for a continuous layer with n = 2 and at most 2 segments (kinks.py), except
-  on CUDA with Triton: the same function as a Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per
-  input, not K = s + 1) plus a bias, the coefficients a fixed linear map of the weights; with 2 segments
-  exactly the multiply-adds of Linear(in*n -> out), and 1.6x its time at batch 1024 where dense took
-  1.8-2.0x (benchmarks/paths.py). With 3 segments and more its elementwise work, which grows with the
-  knots, made it slower than dense (3-7% at 3 segments, 25% at 7), so it is taken only up to 2 (forced, it
-  runs with any count). Plain PyTorch operations: autograd, autocast and torch.compile apply as they are.
-  On CUDA the Triton dense path stays until the two are timed on a GPU.
+- ``kinks`` instead of ``dense`` for a continuous layer with n = 2 and at most 2 segments (kinks.py), on
+  calls of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function
+  as a Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, not K = s + 1) plus a bias, the
+  coefficients a fixed linear map of the weights; with 2 segments exactly the multiply-adds of
+  Linear(in*n -> out), and 1.6x its time at batch 1024 where dense took 1.8-2.0x (benchmarks/paths.py).
+  With 3 segments and more its elementwise work, which grows with the knots, made it slower than dense
+  (3-7% at 3 segments, 25% at 7), so it is taken only up to 2 (forced, it runs with any count). Plain
+  PyTorch operations: autograd, autocast and torch.compile apply as they are. On CUDA the Triton dense
+  path stays until the two are timed on a GPU.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
@@ -51,6 +52,8 @@ from .kinks import kink_linear
 PATHS = ("auto", "dense", "kinks", "kernel", "triton", "gather")
 DENSE_RATIO = 4
 KINKS_MAX_SEGMENTS = 2
+KINKS_MIN_ROWS = 256
+KINKS_MIN_INPUTS = 128
 
 
 def dense_pays(per_link: int, n: int, on_kernel: bool) -> bool:
@@ -58,6 +61,14 @@ def dense_pays(per_link: int, n: int, on_kernel: bool) -> bool:
     the compiled kernel (``on_kernel``) or the other paths (see the module docstring for the measurements)."""
     limit = max(2 * n, 3) if on_kernel else DENSE_RATIO * n
     return per_link <= limit
+
+
+def kinks_pay(x: Tensor) -> bool:
+    """Whether x [rows, in] is large enough for the kink basis: it converts the weights on every call (a
+    cost independent of the batch) and saves one column of the matmul per input (a cost that grows with
+    it). Spot checks at batch 64-1024 and 64-256 inputs and outputs put the break-even near 256 rows and
+    128 inputs (below, up to 1.35x the dense path's time; at 1024 rows and 128-250 inputs, 0.80-0.88x)."""
+    return x.shape[0] >= KINKS_MIN_ROWS and x.shape[-1] >= KINKS_MIN_INPUTS
 
 
 def _basis_op(x: Tensor, weight: Tensor):
@@ -129,7 +140,7 @@ class HighOrderLinear(nn.Module):
             return self.path
         on_kernel = kernel.supports(x, self.weight)
         if dense_pays(self.weights_per_link, self.n, on_kernel):
-            kinks = self.takes_kinks and self.segments <= KINKS_MAX_SEGMENTS
+            kinks = self.takes_kinks and self.segments <= KINKS_MAX_SEGMENTS and kinks_pay(x)
             kinks = kinks and not triton_ops.supports_dense(x, self.weight)
             return "kinks" if kinks else "dense"
         if on_kernel:
