@@ -59,6 +59,8 @@ def kink_linear(x: Tensor, weight: Tensor) -> Tensor:
     # [rows, (s - 1) * in], knot-major like coefficients[1:s]; with 2 segments the one knot is 0.
     shifted = x if s == 2 else (x.unsqueeze(1) - knots.to(x.dtype)[:, None]).flatten(1)
     # |x - x_k| as a product with its sign, so that the derivative at the knot is +1 (the right segment);
-    # adding +0.0 turns -0.0 into +0.0 first. (abs would give 0 there, and torch.where is far slower.)
-    sign = torch.copysign(torch.ones((), dtype=shifted.dtype, device=shifted.device), shifted + 0.0)
+    # adding +0.0 turns -0.0 into +0.0 first. (abs would give 0 there, and torch.where is far slower.) The
+    # sign is a constant to autograd: detached, it costs no zero gradient in the backward pass.
+    one = torch.ones((), dtype=shifted.dtype, device=shifted.device)
+    sign = torch.copysign(one, shifted.detach() + 0.0)
     return torch.addmm(y, shifted * sign, coefficients[1:s].reshape(-1, outputs))
