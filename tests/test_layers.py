@@ -293,6 +293,23 @@ def test_torch_compile():
     assert x.grad is not None and layer.weight.grad is not None
 
 
+@pytest.mark.parametrize("s", [2, 3])
+def test_kink_basis_under_torch_compile_inference_mode_and_bf16_autocast(s):
+    layer = HighOrderLinear(6, 5, 2, s)
+    layer.path = "kinks"
+    x = (torch.rand(4, 6) * 2 - 1).requires_grad_()
+    with torch.inference_mode():  # first call under inference mode: nothing it makes may reach autograd
+        layer(x.detach())
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = layer(x.bfloat16())
+    torch.testing.assert_close(z.float(), layer(x), rtol=0.05, atol=0.05)
+
+
 def test_character_input_under_torch_compile():
     layer = CharacterInput(4, 5, 2)
     codes = torch.randint(0, 128, (3, 4))

@@ -21,28 +21,30 @@ import torch
 from torch import Tensor
 
 
-@cache
 def _kink_values(segments: int) -> tuple[list[list[float]], list[float]]:
-    """kink_map's entries as Python floats, computed once per segment count in float64. Only numbers are
-    cached: a cached tensor would carry the inference mode, fake mode or device of the call that made it."""
+    """kink_map's entries as Python floats (float64 arithmetic). Numbers made without torch, so that they
+    can be cached (a cached tensor would carry the inference mode, fake mode or device of the call that
+    made it) and traced by torch.compile."""
     s = segments
-    slopes = torch.zeros(s, s + 1, dtype=torch.float64)
-    index = torch.arange(s)
-    slopes[index, index] = -s / 2
-    slopes[index, index + 1] = s / 2
-    knots = torch.arange(1, s, dtype=torch.float64) * 2 / s - 1
-    halves = (slopes[1:] - slopes[:-1]) / 2
-    constant = torch.zeros(s + 1, dtype=torch.float64)
-    constant[0] = 1
-    constant = constant + slopes[0] - (halves * knots[:, None]).sum(0)
-    line = (slopes[0] + slopes[-1]) / 2
-    return torch.cat([line[None], halves, constant[None]]).tolist(), knots.tolist()
+    slopes = [[s / 2 if c == j + 1 else -s / 2 if c == j else 0.0 for c in range(s + 1)] for j in range(s)]
+    knots = [2 * k / s - 1 for k in range(1, s)]
+    halves = [[(slopes[k + 1][c] - slopes[k][c]) / 2 for c in range(s + 1)] for k in range(s - 1)]
+    constant = [
+        (1.0 if c == 0 else 0.0) + slopes[0][c] - sum(halves[k][c] * knots[k] for k in range(s - 1))
+        for c in range(s + 1)
+    ]
+    line = [(slopes[0][c] + slopes[-1][c]) / 2 for c in range(s + 1)]
+    return [line, *halves, constant], knots
+
+
+_cached_kink_values = cache(_kink_values)
 
 
 def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """C [s + 1, s + 1] and the interior knots [s - 1]: row 0 of C @ w is b, rows 1 .. s - 1 the a_k, row
     s the constant c, for node values w of one link (each entry rounded once, from float64)."""
-    matrix, knots = _kink_values(segments)
+    # torch.compile traces the computation itself (it would warn that it ignores a cache).
+    matrix, knots = (_kink_values if torch.compiler.is_compiling() else _cached_kink_values)(segments)
     return torch.tensor(matrix, dtype=dtype, device=device), torch.tensor(knots, dtype=dtype, device=device)
 
 
