@@ -75,12 +75,8 @@ def relative_error(a, b):
     return float((a - b).detach().abs().max() / b.detach().abs().max().clamp_min(1e-300))
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
-@pytest.mark.parametrize(("kind", "n", "s"), LAYER_CASES)
-def test_matches_high_order_layers_torch(kind, n, s, path):
-    # Random weights, not lines: extrapolating a line through n > 2 nodes cancels large basis values and
-    # would make the comparison one of rounding noise.
-    layer = make(kind, n, s, path=path, initialization="uniform")
+def assert_matches_the_package(layer):
+    """y, dL/dx and dL/dW of ``layer`` against the package's, in float64, to 1e-10."""
     theirs = oracle(layer)
     x = inputs_inside_and_outside()
     x_theirs = x.detach().clone().requires_grad_()
@@ -89,11 +85,19 @@ def test_matches_high_order_layers_torch(kind, n, s, path):
     (ours * weights).sum().backward()
     (expected * weights).sum().backward()
     assert relative_error(ours, expected) <= 1e-10
-    if n == 1:  # piecewise constant: no path from x to y
+    if layer.n == 1:  # piecewise constant: no path from x to y
         assert x_theirs.grad is None and (x.grad is None or not x.grad.any())
     else:
         assert relative_error(x.grad, x_theirs.grad) <= 1e-10
     assert relative_error(layer.weight.grad, theirs.w.grad.permute(1, 2, 0)) <= 1e-10
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize(("kind", "n", "s"), LAYER_CASES)
+def test_matches_high_order_layers_torch(kind, n, s, path):
+    # Random weights, not lines: extrapolating a line through n > 2 nodes cancels large basis values and
+    # would make the comparison one of rounding noise.
+    assert_matches_the_package(make(kind, n, s, path=path, initialization="uniform"))
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
@@ -184,17 +188,7 @@ def test_kink_basis_matches_high_order_layers_torch(s):
     # The same comparison as test_matches_high_order_layers_torch (whose segment counts the package
     # locates exactly in float64), for the path that only continuous layers with n = 2 take (128 segments
     # too, forced: the basis's rounding grows with s squared). 3 and 7 segments: the plain loop, below.
-    layer = make("continuous", 2, s, path="kinks", initialization="uniform")
-    theirs = oracle(layer)
-    x = inputs_inside_and_outside()
-    x_theirs = x.detach().clone().requires_grad_()
-    weights = torch.randn(12, 4, dtype=torch.float64)
-    ours, expected = layer(x), theirs(x_theirs)
-    (ours * weights).sum().backward()
-    (expected * weights).sum().backward()
-    assert relative_error(ours, expected) <= 1e-10
-    assert relative_error(x.grad, x_theirs.grad) <= 1e-10
-    assert relative_error(layer.weight.grad, theirs.w.grad.permute(1, 2, 0)) <= 1e-10
+    assert_matches_the_package(make("continuous", 2, s, path="kinks", initialization="uniform"))
 
 
 @pytest.mark.parametrize("s", [2, 3, 7])
