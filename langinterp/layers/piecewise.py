@@ -24,9 +24,10 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   calls of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function
   as a Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, not K = s + 1) plus a bias, the
   coefficients a fixed linear map of the weights; with 2 segments exactly the multiply-adds of
-  Linear(in*n -> out), and 1.6x its time at batch 1024 where dense took 1.8-2.0x (benchmarks/paths.py).
-  With 3 segments and more its elementwise work, which grows with the knots, made it slower than dense
-  (3-7% at 3 segments, 25% at 7), so it is taken only up to 2 (forced, it runs with any count). Plain
+  Linear(in*n -> out), and 1.5-1.7x its time at batch 1024 where dense took 1.8-2.1x (benchmarks/paths.py,
+  two runs). With 3 segments and more its elementwise work, which grows with the knots, made it no faster
+  than dense (0-7% slower at 3 segments, 13-27% at 7), so it is taken only up to 2 (forced, it runs with
+  any count). Plain
   PyTorch operations: autograd, autocast and torch.compile apply as they are. On CUDA the Triton dense
   path stays until the two are timed on a GPU.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
