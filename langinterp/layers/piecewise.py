@@ -27,9 +27,8 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   Linear(in*n -> out), and 1.5-1.7x its time at batch 1024 where dense took 1.8-2.1x (benchmarks/paths.py,
   two runs). With 3 segments and more its elementwise work, which grows with the knots, made it no faster
   than dense (0-7% slower at 3 segments, 13-27% at 7), so it is taken only up to 2 (forced, it runs with
-  any count). Plain
-  PyTorch operations: autograd, autocast and torch.compile apply as they are. On CUDA the Triton dense
-  path stays until the two are timed on a GPU.
+  any count). Plain PyTorch operations: autograd, autocast and torch.compile apply as they are. On CUDA the
+  Triton dense path stays until the two are timed on a GPU.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
