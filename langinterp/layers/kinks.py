@@ -40,26 +40,32 @@ def _kink_values(segments: int) -> tuple[list[list[float]], list[float]]:
 _cached_kink_values = cache(_kink_values)
 
 
-def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """C [s + 1, s + 1] and the interior knots [s - 1]: row 0 of C @ w is b, rows 1 .. s - 1 the a_k, row
-    s the constant c, for node values w of one link (each entry rounded once, from float64)."""
+def _values(segments: int) -> tuple[list[list[float]], list[float]]:
     # torch.compile traces the computation itself (it would warn that it ignores a cache).
-    matrix, knots = (_kink_values if torch.compiler.is_compiling() else _cached_kink_values)(segments)
-    return torch.tensor(matrix, dtype=dtype, device=device), torch.tensor(knots, dtype=dtype, device=device)
+    return (_kink_values if torch.compiler.is_compiling() else _cached_kink_values)(segments)
+
+
+def kink_map(segments: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """C [s + 1, s + 1]: row 0 of C @ w is b, rows 1 .. s - 1 the a_k, row s the constant c, for node values
+    w of one link (each entry rounded once, from float64)."""
+    return torch.tensor(_values(segments)[0], dtype=dtype, device=device)
 
 
 def kink_linear(x: Tensor, weight: Tensor) -> Tensor:
     """y [rows, out] of the continuous n = 2 layer with node weights [in, s + 1, out] on x [rows, in]."""
     s = weight.shape[1] - 1
     outputs = weight.shape[2]
-    matrix, knots = kink_map(s, weight.dtype, weight.device)
     # [s + 1, in, out]: every link's b, a_1 .. a_{s-1} and c, by one small matmul over the node values.
-    coefficients = torch.tensordot(matrix, weight, dims=([1], [1]))
+    coefficients = torch.tensordot(kink_map(s, weight.dtype, weight.device), weight, dims=([1], [1]))
     y = torch.addmm(coefficients[s].sum(0), x, coefficients[0])
     if s == 1:
         return y
     # [rows, (s - 1) * in], knot-major like coefficients[1:s]; with 2 segments the one knot is 0.
-    shifted = x if s == 2 else (x.unsqueeze(1) - knots.to(x.dtype)[:, None]).flatten(1)
+    if s == 2:
+        shifted = x
+    else:
+        knots = torch.tensor(_values(s)[1], dtype=x.dtype, device=x.device)
+        shifted = (x.unsqueeze(1) - knots[:, None]).flatten(1)
     # |x - x_k| as a product with its sign, so that the derivative at the knot is +1 (the right segment);
     # adding +0.0 turns -0.0 into +0.0 first. (abs would give 0 there, and torch.where is far slower.) The
     # sign is a constant to autograd: detached, it costs no zero gradient in the backward pass.
