@@ -11,9 +11,10 @@ dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, w
 all threads; and likewise the two passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for
 the cases that take it. It reports the median time of each build, the median of the turn-by-turn ratios
 (working tree / base: below 1 is faster) and the largest difference between the two builds' results
-relative to the largest entry (0 when both compute the same sums in the same order). Prints a table per
-path; writes JSON {"rows": [...], "dense_rows": [...]} to --out (default
-benchmarks/results/kernel_ab.json).
+relative to the largest entry (0 when both compute the same sums in the same order). The dense passes are
+compared only when the base's take the reduced basis's ``drop`` argument too (from the commit that added
+it on), as the working tree's calls pass it. Prints a table per path; writes JSON
+{"rows": [...], "dense_rows": [...]} to --out (default benchmarks/results/kernel_ab.json).
 """
 
 import argparse
@@ -59,6 +60,12 @@ def source_at(revision: str, folder: Path) -> Path:
     return path
 
 
+def takes_drop(source: Path) -> bool:
+    """Whether kernel.cpp at ``source`` has the dense passes' ``drop`` argument (their signature before it
+    lacked one, and ctypes cannot tell)."""
+    return "int K, int drop" in source.read_text()
+
+
 def build(source: Path) -> ctypes.CDLL:
     """``source`` compiled (or taken from the kernel cache) and loaded with its entry points' types."""
     library = native.bind(source, kernel.SIGNATURES, instead="nothing")
@@ -88,7 +95,7 @@ def measure(
     for name in DENSE_PASSES if dense else PASSES:
         if dense:
             steps = {
-                key: partial(kernel.run_dense_pass, name, x, grad, K, n, segments, n - 1, library)
+                key: partial(kernel.run_dense_pass, name, x, grad, K, n, segments, n - 1, library=library)
                 for key, library in builds.items()
             }
         else:
@@ -136,6 +143,7 @@ def main() -> None:
         except subprocess.CalledProcessError as error:
             parser.error(f"no kernel.cpp at {args.base!r}: {error.stderr.decode().strip()}")
         base = build(base_source)
+        compare_dense = takes_drop(base_source)
     work = build(ROOT / SOURCE)
     all_threads = torch.get_num_threads()
     measured = {
@@ -145,15 +153,19 @@ def main() -> None:
             for threads in sorted({1, all_threads})
         ]
         for dense in (False, True)
+        if compare_dense or not dense
     }
     torch.set_num_threads(all_threads)
     print(f"working tree against {args.base}: ms of the working tree (of the base), ratio = tree / base")
     print(table(measured[False], PASSES))
     print()
-    print("the dense path's passes:")
-    print(table(measured[True], DENSE_PASSES))
+    if compare_dense:
+        print("the dense path's passes:")
+        print(table(measured[True], DENSE_PASSES))
+    else:
+        print(f"the dense path's passes not compared: at {args.base} they take no drop argument")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"base": args.base, "rows": measured[False], "dense_rows": measured[True]}
+    payload = {"base": args.base, "rows": measured[False], "dense_rows": measured.get(True, [])}
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -22,10 +22,10 @@ graph), dL/dx (the weights frozen) and dL/dW (the input needing no gradient), th
 without the forward pass that precedes them; a second table, and {"passes": [...]} in the JSON. It shows
 where the gap to a matmul lies.
 
---path forces the path of our hidden and real-valued input layers (HighOrderLinear.path: dense, kernel,
-triton, gather; see langinterp/layers/piecewise.py) instead of the one it would choose, to compare them on
-the same cases; the layer over character codes has no such choice and is left out. Every row records the
-path that ran. --segments keeps only the cases with those segment counts.
+--path forces the path of our hidden and real-valued input layers (HighOrderLinear.path: dense, reduced,
+kernel, triton, gather; see langinterp/layers/piecewise.py) instead of the one it would choose, to compare
+them on the same cases; the layer over character codes has no such choice and is left out. Every row
+records the path that ran. --segments keeps only the cases with those segment counts.
 """
 
 import argparse
@@ -334,8 +334,8 @@ def passes_table(rows: list[dict]) -> str:
 
 def path_problem(path: str, device: str) -> str | None:
     """Why ``path`` cannot be forced on ``device`` in this process, or None when it can."""
-    if path == "kernel" and (device != "cpu" or not kernel.available()):
-        return "--path kernel needs --device cpu and the compiled CPU kernel"
+    if path in ("kernel", "reduced") and (device != "cpu" or not kernel.available()):
+        return f"--path {path} needs --device cpu and the compiled CPU kernel"
     if path == "triton" and (device != "cuda" or not triton_ops.available()):
         return "--path triton needs --device cuda and Triton"
     return None
@@ -343,13 +343,11 @@ def path_problem(path: str, device: str) -> str | None:
 
 def chosen_cases(segments: list[int] | None, path: str) -> list[tuple]:
     """The cases to run: those with one of ``segments`` (all when None), less the layer over codes when a
-    path is forced, and only those with n = 2 for the kink basis (the layers are continuous)."""
+    path is forced."""
     return [
         case
         for case in CASES
-        if (segments is None or case[4] in segments)
-        and (path == "auto" or case[0] != "input codes")
-        and (path != "kinks" or case[3] == 2)
+        if (segments is None or case[4] in segments) and (path == "auto" or case[0] != "input codes")
     ]
 
 

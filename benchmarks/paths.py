@@ -9,9 +9,9 @@ segments) below, at batch 1024 with 250 inputs and outputs, with one thread and 
 a forward+backward pass of the layer forced onto each path and of nn.Linear(in*n, out), taking turns in
 this one process (the input needs a gradient, as in a hidden layer), and reports each path as the median
 over turns of its ratio to the Linear, the faster path, and the one ``path = "auto"`` picks
-(piecewise.dense_pays, KINKS_MAX_SEGMENTS). These are the measurements behind those rules. Continuous
-layers with n = 2 are also timed on the kink basis (kinks.py), which takes the dense path's place for them
-up to 2 segments. Prints a table; writes JSON {"rows": [...]} to --out (default
+(piecewise.dense_pays, reduced.reduced_pays). These are the measurements behind those rules. The reduced
+basis (reduced.py: the dense path's matmul with one column fewer per input) is timed too; at this size it
+takes the dense path's place. Prints a table; writes JSON {"rows": [...]} to --out (default
 benchmarks/results/paths.json). Needs the compiled CPU kernel.
 """
 
@@ -27,6 +27,7 @@ from torch import nn
 from langinterp.layers import HighOrderLinear, kernel
 
 WIDTH = 250
+PATHS = ("dense", "reduced", "kernel")
 CASES = [
     ("continuous", 2, 2),
     ("continuous", 3, 2),
@@ -50,10 +51,8 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = (torch.rand(BATCH, width) * 2 - 1).requires_grad_()
-    layer = HighOrderLinear(width, width, n, segments, kind=kind)
-    paths = ("dense", "kernel", "kinks") if layer.takes_kinks else ("dense", "kernel")
     steps = {}
-    for path in paths:
+    for path in PATHS:
         layer = HighOrderLinear(width, width, n, segments, kind=kind)
         layer.path = path
         steps[path] = pass_of(layer, x)
@@ -63,28 +62,27 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
     layer.path = "auto"
     row = {"kind": kind, "n": n, "segments": segments, "K": layer.weights_per_link, "threads": threads}
     row["linear_ms"] = statistics.median(turns["linear"])
-    row["kinks_ms"] = row["kinks_ratio"] = None
-    for path in paths:
+    for path in PATHS:
         row[f"{path}_ms"] = statistics.median(turns[path])
         row[f"{path}_ratio"] = statistics.median(
             a / b for a, b in zip(turns[path], turns["linear"], strict=True)
         )
-    row["faster"] = min(paths, key=lambda path: row[f"{path}_ratio"])
+    row["faster"] = min(PATHS, key=lambda path: row[f"{path}_ratio"])
     row["auto"] = layer.choose_path(x)
     return row
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| kind | n | segments | K | K/n | threads | Linear(in*n) ms | dense / Linear | kernel / Linear "
-        "| kinks / Linear | faster | auto |",
+        "| kind | n | segments | K | K/n | threads | Linear(in*n) ms | dense / Linear | reduced / Linear "
+        "| kernel / Linear | faster | auto |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        kinks = "-" if r["kinks_ratio"] is None else f"{r['kinks_ratio']:.2f}"
+        ratios = " | ".join(f"{r[f'{path}_ratio']:.2f}" for path in PATHS)
         lines.append(
             f"| {r['kind']} | {r['n']} | {r['segments']} | {r['K']} | {r['K'] / r['n']:.2f} | {r['threads']} "
-            f"| {r['linear_ms']:.2f} | {r['dense_ratio']:.2f} | {r['kernel_ratio']:.2f} | {kinks} "
+            f"| {r['linear_ms']:.2f} | {ratios} "
             f"| {r['faster']} | {r['auto']} |"
         )
     return "\n".join(lines)

@@ -47,17 +47,19 @@ def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments)
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     K = weights_per_link(kind, n, segments)
-    kinks = kind == "continuous" and n == 2  # the layers that can take the kink basis
     assert row["K"] == K and row["threads"] == 1
-    assert all(row[key] > 0 for key in ("linear_ms", "dense_ms", "kernel_ms", "dense_ratio", "kernel_ratio"))
-    assert (row["kinks_ratio"] is not None) == kinks
-    timed = ("dense", "kernel", "kinks") if kinks else ("dense", "kernel")
+    timed = paths.PATHS
+    assert row["linear_ms"] > 0 and all(
+        row[f"{path}_{unit}"] > 0 for path in timed for unit in ("ms", "ratio")
+    )
     assert row["faster"] == min(timed, key=lambda path: row[f"{path}_ratio"])
-    dense = "kinks" if kinks and segments <= 2 else "dense"  # batch 1024 and 128 inputs: large enough
-    assert row["auto"] == (dense if dense_pays(K, n, on_kernel=True) else "kernel")
+    # Batch 1024, 128 inputs and outputs: 2^24 multiply-adds per column, enough for the reduced basis.
+    assert row["auto"] == ("reduced" if dense_pays(K, n, on_kernel=True) else "kernel")
     shown = paths.table([row])
-    assert f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 |" in shown
-    assert (f" {row['kinks_ratio']:.2f} |" if kinks else " | - | ") in shown
+    ratios = " | ".join(f"{row[f'{path}_ratio']:.2f}" for path in timed)
+    assert (
+        f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 | {row['linear_ms']:.2f} | {ratios} |" in shown
+    )
 
 
 def test_every_paths_case_is_a_valid_layer():
@@ -81,10 +83,12 @@ def test_forced_paths_choose_their_cases_and_refuse_what_cannot_run():
     assert all(case[0] != "input codes" for case in layers.chosen_cases(None, "dense"))
     assert [case[4] for case in layers.chosen_cases([2], "auto")] == [2, 2]
     assert layers.chosen_cases(None, "auto") == layers.CASES
-    kinks = layers.chosen_cases(None, "kinks")  # the continuous layers with n = 2 only
-    assert [case[3:] for case in kinks] == [(2, 128), (2, 2), (2, 32), (2, 128)]
     assert layers.path_problem("triton", "cpu") == "--path triton needs --device cuda and Triton"
     assert layers.path_problem("kernel", "cuda") is not None
+    assert (
+        layers.path_problem("reduced", "cuda")
+        == "--path reduced needs --device cpu and the compiled CPU kernel"
+    )
     assert layers.path_problem("dense", "cpu") is None and layers.path_problem("auto", "cuda") is None
 
 
@@ -128,6 +132,12 @@ def test_kernel_ab_takes_each_paths_cases_and_the_committed_source(tmp_path):
         ["git", "show", "HEAD:langinterp/layers/kernel.cpp"], cwd=ROOT, capture_output=True, check=True
     ).stdout
     assert kernel_ab.source_at("HEAD", tmp_path).read_bytes() == committed
+    assert kernel_ab.takes_drop(ROOT / kernel_ab.SOURCE)  # the working tree's dense passes
+    before = tmp_path / "before.cpp"  # the signature before the reduced basis
+    before.write_text(
+        "void dense_basis(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K) {"
+    )
+    assert not kernel_ab.takes_drop(before)
 
 
 def test_kernel_ab_refuses_an_unknown_revision(tmp_path):

@@ -20,12 +20,14 @@ from langinterp.layers.piecewise import active_rows
 
 # "pure" is the dense path without the compiled kernel (its basis built by PyTorch operations), as on a
 # machine without a compiler, on CUDA or in bf16.
-PATHS = ["dense", "gather", "pure", *(["kernel"] if layer_kernel.available() else [])]
+PATHS = ["dense", "gather", "pure", *(["kernel", "reduced"] if layer_kernel.available() else [])]
 
 
 def make(kind, n, s, inputs=3, outputs=4, path="dense", dtype=torch.float64, **kwargs):
     torch.manual_seed(0)
     layer = HighOrderLinear(inputs, outputs, n, s, kind, **kwargs).to(dtype)
+    if path == "reduced" and layer.weights_per_link == 1:
+        pytest.skip("the reduced basis needs two weights per link or more")  # a constant: nothing to reduce
     layer.path = "dense" if path == "pure" else path
     return layer
 
@@ -149,11 +151,18 @@ def test_choose_path_by_weights_per_link():
     x = torch.zeros(1, 4)
     assert small.choose_path(x) == "dense"
     assert HighOrderLinear(4, 4, 3, 2).choose_path(x) == "dense"
-    # The kink basis takes the dense path's place for continuous layers with n = 2 on large enough calls.
-    wide = HighOrderLinear(128, 4, 2, 2)
-    assert wide.choose_path(torch.zeros(256, 128)) == "kinks"
-    assert wide.choose_path(torch.zeros(255, 128)) == "dense"
-    assert HighOrderLinear(127, 4, 2, 2).choose_path(torch.zeros(256, 127)) == "dense"
+    # The reduced basis takes the dense path's place on the compiled kernel for calls doing enough work:
+    # rows * in * out >= 2^24 in training, 2^26 in inference.
+    wide = HighOrderLinear(128, 128, 2, 2)
+    reduced = "reduced" if layer_kernel.available() else "dense"
+    assert wide.choose_path(torch.zeros(1024, 128)) == reduced
+    assert wide.choose_path(torch.zeros(1023, 128)) == "dense"
+    with torch.no_grad():
+        assert wide.choose_path(torch.zeros(1024, 128)) == "dense"
+        assert wide.choose_path(torch.zeros(4096, 128)) == reduced
+    assert (
+        HighOrderLinear(128, 128, 1, 1, "discontinuous").choose_path(torch.zeros(1024, 128)) == "dense"
+    )  # K = 1
     assert large.choose_path(x) == ("kernel" if layer_kernel.available() else "gather")
     assert large.choose_path(x.to("meta")) in {"gather", "kernel"}
 
@@ -161,82 +170,82 @@ def test_choose_path_by_weights_per_link():
 @pytest.mark.parametrize(
     ("kind", "n", "segments", "with_kernel", "elsewhere"),
     [
-        ("continuous", 2, 1, "kinks", "kinks"),  # n = 2, at most 2 segments, a large call: kink basis
-        ("continuous", 2, 3, "dense", "dense"),  # K = 4 = 2n
+        ("continuous", 2, 1, "reduced", "dense"),  # K = 2
+        ("continuous", 2, 3, "reduced", "dense"),  # K = 4 = 2n
         ("continuous", 2, 4, "kernel", "dense"),  # K = 5: past 2n, within 4n
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
-        ("continuous", 5, 2, "dense", "dense"),  # K = 9 <= 2n
-        ("discontinuous", 2, 2, "dense", "dense"),  # K = 4 = 2n, but not continuous
+        ("continuous", 5, 2, "reduced", "dense"),  # K = 9 <= 2n
+        ("discontinuous", 2, 2, "reduced", "dense"),  # K = 4 = 2n
         ("continuous", 3, 4, "kernel", "dense"),  # K = 9 > 2n
-        ("discontinuous", 1, 3, "dense", "dense"),  # n = 1: dense up to K = 3
+        ("discontinuous", 1, 3, "reduced", "dense"),  # n = 1: dense up to K = 3
         ("discontinuous", 1, 4, "kernel", "dense"),
         ("discontinuous", 1, 5, "kernel", "gather"),
     ],
 )
 def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
-    """Against the compiled kernel dense (or kinks) is taken up to K = max(2n, 3) (benchmarks/paths.py);
-    against the gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
-    layer = HighOrderLinear(128, 2, n, segments, kind=kind)
-    x = torch.zeros(256, 128)  # large enough for the kink basis
+    """Against the compiled kernel dense (reduced, on large calls) is taken up to K = max(2n, 3)
+    (benchmarks/paths.py); against the gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
+    layer = HighOrderLinear(128, 128, n, segments, kind=kind)
+    x = torch.zeros(1024, 128)  # large enough for the reduced basis
     if layer_kernel.available():
         assert layer.choose_path(x) == with_kernel
     assert layer.to(torch.bfloat16).choose_path(x.bfloat16()) == elsewhere
 
 
-@pytest.mark.parametrize("s", [1, 2, 8, 128])
-def test_kink_basis_matches_high_order_layers_torch(s):
-    # The same comparison as test_matches_high_order_layers_torch (whose segment counts the package
-    # locates exactly in float64), for the path that only continuous layers with n = 2 take (128 segments
-    # too, forced: the basis's rounding grows with s squared). 3 and 7 segments: the plain loop, below.
-    assert_matches_the_package(make("continuous", 2, s, path="kinks", initialization="uniform"))
-
-
-@pytest.mark.parametrize("s", [2, 3, 7])
-def test_kink_basis_with_leading_dims_bias_and_gradcheck(s):
-    layer = make("continuous", 2, s, path="kinks", bias=True)
-    with torch.no_grad():
-        layer.bias.uniform_()
-    x = inputs_inside_and_outside(rows=10)
-    y = layer(x.detach().view(2, 5, 3))
-    expected = reference(layer, x.detach()) + layer.bias.detach()
-    torch.testing.assert_close(y.reshape(10, 4), expected, rtol=1e-12, atol=1e-12)
-    small = make("continuous", 2, s, inputs=2, outputs=3, path="kinks")
-    x = inputs_inside_and_outside(rows=4, inputs=2)
-    assert torch.autograd.gradcheck(
-        lambda x, w: torch.func.functional_call(small, {"weight": w}, (x,)), (x, small.weight)
-    )
-
-
-@pytest.mark.parametrize("s", [2, 3, 7])
-def test_kink_basis_takes_the_right_segments_slope_at_a_knot(s):
-    # The package puts x = x_k in segment k, so dy/dx there is that segment's slope; so does the dense
-    # path. -0.0 is the knot 0 too (2 segments).
-    knots = [2 * k / s - 1 for k in range(s + 1)] + [-0.0]
-    x = torch.tensor(knots, dtype=torch.float64).unsqueeze(-1).expand(-1, 3).contiguous()
+@pytest.mark.parametrize("path", PATHS, indirect=True)
+@pytest.mark.parametrize(
+    ("kind", "n", "s"), [("continuous", 2, 2), ("continuous", 3, 7), ("discontinuous", 2, 3)]
+)
+def test_every_path_takes_the_right_segments_derivative_at_a_boundary(kind, n, s, path):
+    # The package puts x = x_k in segment k, so dy/dx there is that segment's; -0.0 is the boundary 0 too.
+    boundaries = [2 * k / s - 1 for k in range(s + 1)] + [-0.0]
+    x = torch.tensor(boundaries, dtype=torch.float64).unsqueeze(-1).expand(-1, 3).contiguous()
     grads = []
-    for path in ("kinks", "gather"):
-        layer = make("continuous", 2, s, path=path, initialization="uniform")
+    for name in (path, "gather"):
+        layer = make(kind, n, s, path=name, initialization="uniform")
         point = x.clone().requires_grad_()
         layer(point).sum().backward()
         grads.append(point.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("s", [2, 3, 7])
-def test_kink_basis_in_float32_and_on_the_meta_device(s):
-    layer = make("continuous", 2, s, inputs=20, outputs=30, path="kinks", dtype=torch.float32)
-    x = torch.rand(50, 20) * 2.2 - 1.1
-    torch.testing.assert_close(layer(x).double(), reference(layer, x), rtol=1e-5, atol=1e-5)
-    assert layer.to("meta")(x.to("meta")).shape == (50, 30)
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize(
+    ("kind", "n", "s"),
+    [
+        ("continuous", 2, 2),
+        ("continuous", 5, 3),
+        ("discontinuous", 1, 4),
+        ("discontinuous", 3, 8),
+        ("polynomial", 4, 1),
+    ],
+)
+def test_reduced_basis_is_the_dense_basis_without_each_inputs_first_column(kind, n, s):
+    # Bit for bit, at every segment boundary, beside it and outside the domain; dL/dx likewise, against the
+    # full basis's with a zero gradient for the columns left out.
+    K, step = weights_per_link(kind, n, s), stride(kind, n)
+    edges = torch.arange(s + 1, dtype=torch.float64) / s * 2 - 1
+    x = torch.cat([edges, torch.nextafter(edges, edges - 1), torch.tensor([-3.0, 3.0, -0.0]), torch.rand(37)])
+    x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))][:40].reshape(8, 5)
+    full = layer_kernel.piecewise_basis(x, K, n, s, step).view(8, 5, K)
+    reduced = layer_kernel.piecewise_basis(x, K, n, s, step, 1)
+    assert torch.equal(reduced, full[:, :, 1:].reshape(8, -1))
+    grad = torch.randn(8, 5, K, dtype=torch.float64)
+    grad[:, :, 0] = 0
+    expected = layer_kernel.piecewise_basis_grad(x, grad.reshape(8, -1), K, n, s, step)
+    actual = layer_kernel.piecewise_basis_grad(x, grad[:, :, 1:].reshape(8, -1), K, n, s, step, 1)
+    assert torch.equal(actual, expected)
 
 
-def test_only_continuous_layers_with_two_nodes_take_the_kink_basis():
-    for kind, n, s in [("continuous", 3, 2), ("discontinuous", 2, 2), ("polynomial", 2, 1)]:
-        layer = HighOrderLinear(3, 2, n, s, kind=kind)
-        assert not layer.takes_kinks
-        layer.path = "kinks"
-        with pytest.raises(ValueError, match="kinks path needs a continuous layer with n = 2"):
-            layer(torch.zeros(1, 3))
+def test_the_reduced_path_refuses_what_it_cannot_run():
+    for layer, x in [
+        (HighOrderLinear(3, 2, 1, 1, "discontinuous"), torch.zeros(1, 3)),  # K = 1
+        (HighOrderLinear(3, 2, 2, 2).bfloat16(), torch.zeros(1, 3, dtype=torch.bfloat16)),
+        (HighOrderLinear(3, 2, 2, 2).to("meta"), torch.zeros(1, 3, device="meta")),
+    ]:
+        layer.path = "reduced"
+        with pytest.raises(ValueError, match="reduced path needs the compiled CPU kernel"):
+            layer(x)
     assert list(HighOrderLinear(3, 2, 2, 2).state_dict()) == ["weight"]  # checkpoints keep their keys
 
 
@@ -287,10 +296,11 @@ def test_torch_compile():
     assert x.grad is not None and layer.weight.grad is not None
 
 
-@pytest.mark.parametrize("s", [2, 3])
-def test_kink_basis_under_torch_compile_inference_mode_and_bf16_autocast(s):
-    layer = HighOrderLinear(6, 5, 2, s)
-    layer.path = "kinks"
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize(("n", "s"), [(2, 2), (3, 2)])
+def test_reduced_path_under_torch_compile_inference_mode_and_bf16_autocast(n, s):
+    layer = HighOrderLinear(6, 5, n, s)
+    layer.path = "reduced"
     x = (torch.rand(4, 6) * 2 - 1).requires_grad_()
     with torch.inference_mode():  # first call under inference mode: nothing it makes may reach autograd
         layer(x.detach())
@@ -300,7 +310,7 @@ def test_kink_basis_under_torch_compile_inference_mode_and_bf16_autocast(s):
     torch.testing.assert_close(y, layer(x))
     assert x.grad is not None and layer.weight.grad is not None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        z = layer(x.bfloat16())
+        z = layer(x)
     torch.testing.assert_close(z.float(), layer(x), rtol=0.05, atol=0.05)
 
 

@@ -873,12 +873,30 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
     }
 }
 
-// The dense-basis path for small K: basis[r, i*K + row] = phi, zero elsewhere, one row at a time so that
-// zeroing and filling happen in cache.
+// The reduced basis leaves out each input's first node: a link's basis functions sum to one, so the first
+// is 1 minus the others and its weight folds into a bias (piecewise.py). Column i*K + c moves to
+// i*(K-1) + c - 1. Only node 0 of segment 0 (k = 0, listed first) is left out: its coefficient becomes zero
+// and its column the input's first kept one, node 1, which is either written after it (n >= 2: the same
+// segment) or zero (n = 1), so the stores and sums over row_of need no test.
 template <typename T>
-void dense_basis(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K) {
+inline void drop_first_node(int I, int n, int K, T* __restrict coef, int32_t* __restrict row_of) {
+#pragma omp simd
+    for (int i = 0; i < I; ++i) {
+        const bool dropped = row_of[i] == i * K;
+        coef[i] = dropped ? T(0) : coef[i];
+        row_of[i] = dropped ? i * (K - 1) : row_of[i] - i - 1;
+    }
+    for (int k = 1; k < n; ++k)
+#pragma omp simd
+        for (int i = 0; i < I; ++i) row_of[k * I + i] -= i + 1;
+}
+
+// The dense-basis path for small K: basis[r, i*K + row] = phi, zero elsewhere, one row at a time so that
+// zeroing and filling happen in cache; with `drop`, the reduced basis of K - 1 columns per input.
+template <typename T>
+void dense_basis(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K, int drop) {
     const Basis<T> b(n);
-    const int64_t width = int64_t(I) * K;
+    const int64_t width = int64_t(I) * (K - drop);
 #pragma omp parallel
     {
         std::unique_ptr<T[]> t(new T[I]), scale(new T[I]), phi(new T[I * n]);
@@ -887,6 +905,7 @@ void dense_basis(const T* x, T* basis, int64_t rows, int I, int n, int s, int st
         for (int64_t r = 0; r < rows; ++r) {
             locate_row(b, x + r * I, I, s, stride, K, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
                        static_cast<T*>(nullptr));
+            if (drop) drop_first_node(I, n, K, phi.get(), row_of.get());
             T* out = basis + r * width;
             for (int64_t c = 0; c < width; ++c) out[c] = 0;
             for (int e = 0; e < I * n; ++e) out[row_of[e]] = phi[e];
@@ -908,12 +927,13 @@ inline void gathered_sums(const T* __restrict coef, const int32_t* __restrict ro
     }
 }
 
-// dx[r, i] = sum_k dphi_k/dx projected[r, row_k], projected = dy @ W^T of the dense path.
+// dx[r, i] = sum_k dphi_k/dx projected[r, row_k], projected = dy @ W^T of the dense path (reduced with
+// `drop`: the left-out node's term is zero).
 template <typename T>
 void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I, int n, int s, int stride,
-                      int K) {
+                      int K, int drop) {
     const Basis<T> b(n);
-    const int64_t width = int64_t(I) * K;
+    const int64_t width = int64_t(I) * (K - drop);
 #pragma omp parallel
     {
         std::unique_ptr<T[]> t(new T[I]), scale(new T[I]), phi(new T[I * n]), dphi(new T[I * n]);
@@ -922,6 +942,7 @@ void dense_grad_input(const T* x, const T* projected, T* dx, int64_t rows, int I
         for (int64_t r = 0; r < rows; ++r) {
             locate_row(b, x + r * I, I, s, stride, K, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
                        dphi.get());
+            if (drop) drop_first_node(I, n, K, dphi.get(), row_of.get());
             const T* p = projected + r * width;
             T* out = dx + r * I;
             switch (n) {
@@ -972,14 +993,14 @@ extern "C" {
 
 #define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \
     void dense_basis_##SUFFIX(const T* x, T* basis, int64_t rows, int I, int n, int s, int stride, int K,     \
-                              int threads) {                                                                \
+                              int drop, int threads) {                                                      \
         ThreadsFor team(threads);                                                                           \
-        dense_basis<T>(x, basis, rows, I, n, s, stride, K);                                                 \
+        dense_basis<T>(x, basis, rows, I, n, s, stride, K, drop);                                           \
     }                                                                                                       \
     void dense_grad_input_##SUFFIX(const T* x, const T* projected, T* dx, int64_t rows, int I, int n, int s,  \
-                                   int stride, int K, int threads) {                                        \
+                                   int stride, int K, int drop, int threads) {                              \
         ThreadsFor team(threads);                                                                           \
-        dense_grad_input<T>(x, projected, dx, rows, I, n, s, stride, K);                                    \
+        dense_grad_input<T>(x, projected, dx, rows, I, n, s, stride, K, drop);                              \
     }
 
 LANGINTERP_EXPORT_DENSE(float, f32)

@@ -56,8 +56,8 @@ SIGNATURES = {
     "forward": _arguments(3, 7),
     "grad_weight": _arguments(3, 7),
     "grad_input": _arguments(5, 7),
-    "dense_basis": _arguments(2, 6),
-    "dense_grad_input": _arguments(3, 6),
+    "dense_basis": _arguments(2, 7),
+    "dense_grad_input": _arguments(3, 7),
 }
 
 
@@ -182,12 +182,14 @@ def run_dense_pass(
     n: int,
     segments: int,
     step: int,
+    drop: int = 0,
     library: ctypes.CDLL | None = None,
 ) -> Tensor:
-    """Dense-path pass ``name`` into a new result: ``dense_basis`` (the [rows, in*K] basis matrix) or
-    ``dense_grad_input`` (dL/dx from ``grad``, dL/dbasis); contiguous tensors; ``library`` as in _call."""
+    """Dense-path pass ``name`` into a new result: ``dense_basis`` (the [rows, in*(K - drop)] basis matrix)
+    or ``dense_grad_input`` (dL/dx from ``grad``, dL/dbasis); ``drop`` = 1 for the reduced basis, without
+    each input's first node; contiguous tensors; ``library`` as in _call."""
     if name == "dense_basis":
-        result = x.new_empty(x.shape[0], x.shape[1] * K)
+        result = x.new_empty(x.shape[0], x.shape[1] * (K - drop))
         tensors = [x, result]
     else:
         result = torch.empty_like(x)
@@ -195,38 +197,41 @@ def run_dense_pass(
     function = getattr(library or _library(), f"{name}_{DTYPES[x.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     threads = _threads(x.shape[0] * x.shape[1] * K)
-    function(*pointers, x.shape[0], x.shape[1], n, segments, step, K, threads)
+    function(*pointers, x.shape[0], x.shape[1], n, segments, step, K, drop, threads)
     return result
 
 
 @torch.library.custom_op("langinterp::piecewise_basis", mutates_args=())
-def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
-    """The [rows, in*K] basis matrix of the dense path: phi at each input's n active columns, zero elsewhere.
+def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0) -> Tensor:
+    """The [rows, in*(K - drop)] basis matrix of the dense path: phi at each input's n active columns, zero
+    elsewhere; with ``drop`` = 1 without each input's first node (the reduced basis of piecewise.py).
 
     Its product with the weight table is left to a plain matmul, so that autograd keeps the basis for dL/dW
     (as a Linear keeps its input) instead of this op rebuilding it.
     """
-    return run_dense_pass("dense_basis", x.contiguous(), None, K, n, segments, step)
+    return run_dense_pass("dense_basis", x.contiguous(), None, K, n, segments, step, drop)
 
 
 @piecewise_basis.register_fake
-def _(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
-    return x.new_empty(x.shape[0], x.shape[1] * K)
+def _(x: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0) -> Tensor:
+    return x.new_empty(x.shape[0], x.shape[1] * (K - drop))
 
 
 @torch.library.custom_op("langinterp::piecewise_basis_grad", mutates_args=())
-def piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+def piecewise_basis_grad(
+    x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0
+) -> Tensor:
     """dL/dx[r, i] = sum_k dphi_k/dx grad[r, active column k of input i] (grad: dL/dbasis = dy @ W^T)."""
-    return run_dense_pass("dense_grad_input", x.contiguous(), grad.contiguous(), K, n, segments, step)
+    return run_dense_pass("dense_grad_input", x.contiguous(), grad.contiguous(), K, n, segments, step, drop)
 
 
 @piecewise_basis_grad.register_fake
-def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def basis_setup_context(ctx, inputs, output) -> None:
-    """Autograd context of a basis op (x, K, n, segments, step); triton_ops.py shares it."""
+    """Autograd context of a basis op (x and its ints); triton_ops.py shares it."""
     x, *shape = inputs
     ctx.save_for_backward(x)
     ctx.shape = shape
@@ -238,7 +243,7 @@ def basis_backward_with(grad_op):
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
         grad_x = grad_op(x, grad, *ctx.shape) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None, None, None
+        return grad_x, *[None] * len(ctx.shape)
 
     return backward
 

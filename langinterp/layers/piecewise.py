@@ -20,15 +20,12 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   three runs); with n = 1, where the kernel does least per row it fetches, dense wins up to K = 3 and the
   kernel from K = 4 (by up to 1.2x). Elsewhere the alternative is the slow gather path, or Triton, not
   timed at small K, so dense is kept up to K = 4n.
-- ``kinks`` instead of ``dense`` for a continuous layer with n = 2 and at most 2 segments (kinks.py), on
-  calls of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function
-  as a Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, not K = s + 1) plus a bias, the
-  coefficients a fixed linear map of the weights; with 2 segments exactly the multiply-adds of
-  Linear(in*n -> out), and 1.5-1.7x its time at batch 1024 where dense took 1.8-2.1x (benchmarks/paths.py,
-  two runs). With 3 segments and more its elementwise work, which grows with the knots, made it no faster
-  than dense (0-7% slower at 3 segments, 13-27% at 7), so it is taken only up to 2 (forced, it runs with
-  any count). Plain PyTorch operations: autograd, autocast and torch.compile apply as they are. On CUDA the
-  Triton dense path stays until the two are timed on a GPU.
+- ``reduced`` instead of ``dense`` where the compiled kernel runs, on calls doing enough work
+  (``reduced_pays``: rows * in * out >= 2^24 in training, 2^26 in inference): the same matmul with one
+  column fewer per input, that column's weight folded into a bias (reduced.py; a link's basis values sum
+  to one), K - 1 columns per input instead of K. With n = 2 and 2 segments exactly the multiply-adds of
+  Linear(in*n -> out). It converts the weights on every call, so small calls (generation) keep the plain
+  dense path; on CUDA the Triton dense path stays (not timed).
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
@@ -47,13 +44,10 @@ from torch import Tensor, nn
 from . import kernel, triton_ops
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
-from .kinks import kink_linear
+from .reduced import reduced_linear, reduced_pays
 
-PATHS = ("auto", "dense", "kinks", "kernel", "triton", "gather")
+PATHS = ("auto", "dense", "reduced", "kernel", "triton", "gather")
 DENSE_RATIO = 4
-KINKS_MAX_SEGMENTS = 2
-KINKS_MIN_ROWS = 256
-KINKS_MIN_INPUTS = 128
 
 
 def dense_pays(per_link: int, n: int, on_kernel: bool) -> bool:
@@ -61,14 +55,6 @@ def dense_pays(per_link: int, n: int, on_kernel: bool) -> bool:
     the compiled kernel (``on_kernel``) or the other paths (see the module docstring for the measurements)."""
     limit = max(2 * n, 3) if on_kernel else DENSE_RATIO * n
     return per_link <= limit
-
-
-def kinks_pay(x: Tensor) -> bool:
-    """Whether x [rows, in] is large enough for the kink basis: it converts the weights on every call (a
-    cost independent of the batch) and saves one column of the matmul per input (a cost that grows with
-    it). Spot checks at batch 64-1024 and 64-256 inputs and outputs put the break-even near 256 rows and
-    128 inputs (below, up to 1.35x the dense path's time; at 1024 rows and 128-250 inputs, 0.80-0.88x)."""
-    return x.shape[0] >= KINKS_MIN_ROWS and x.shape[-1] >= KINKS_MIN_INPUTS
 
 
 def _basis_op(x: Tensor, weight: Tensor):
@@ -121,11 +107,6 @@ class HighOrderLinear(nn.Module):
         initialize(self.weight, initialization, kind, n, segments)
 
     @property
-    def takes_kinks(self) -> bool:
-        """Whether the kink basis (kinks.py) can compute this layer: continuous with n = 2."""
-        return self.kind == "continuous" and self.n == 2
-
-    @property
     def weights_per_link(self) -> int:
         """K: (n - 1) * segments + 1 when continuous, else n * segments."""
         return self.weight.shape[1]
@@ -135,14 +116,16 @@ class HighOrderLinear(nn.Module):
         if self.path != "auto":
             if self.path not in PATHS:
                 raise ValueError(f"unknown path {self.path!r}; expected one of {', '.join(PATHS)}")
-            if self.path == "kinks" and not self.takes_kinks:
-                raise ValueError("the kinks path needs a continuous layer with n = 2")
+            if self.path == "reduced" and not (kernel.supports(x, self.weight) and self.weights_per_link > 1):
+                raise ValueError(
+                    "the reduced path needs the compiled CPU kernel (float32/float64 on the CPU) and more "
+                    "than one weight per link"
+                )
             return self.path
         on_kernel = kernel.supports(x, self.weight)
         if dense_pays(self.weights_per_link, self.n, on_kernel):
-            kinks = self.takes_kinks and self.segments <= KINKS_MAX_SEGMENTS and kinks_pay(x)
-            kinks = kinks and not triton_ops.supports_dense(x, self.weight)
-            return "kinks" if kinks else "dense"
+            reduced = on_kernel and self.weights_per_link > 1 and reduced_pays(x, self.weight)
+            return "reduced" if reduced else "dense"
         if on_kernel:
             return "kernel"
         return "triton" if triton_ops.supports(x, self.weight) else "gather"
@@ -157,8 +140,8 @@ class HighOrderLinear(nn.Module):
         step = stride(self.kind, self.n)
         K = self.weights_per_link
         table = weight.reshape(-1, self.out_features)  # [in*K, out]
-        if path == "kinks":
-            y = kink_linear(flat, weight)
+        if path == "reduced":
+            y = reduced_linear(flat, weight, self.n, self.segments, step)
         elif path == "kernel":
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
         elif path == "triton":
