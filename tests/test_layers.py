@@ -172,19 +172,20 @@ def test_choose_path_by_weights_per_link():
     [
         ("continuous", 2, 1, "reduced", "dense"),  # K = 2
         ("continuous", 2, 3, "reduced", "dense"),  # K = 4 = 2n
-        ("continuous", 2, 4, "kernel", "dense"),  # K = 5: past 2n, within 4n
+        ("continuous", 2, 4, "reduced", "dense"),  # K = 5: past 2n, but the reduced basis has K - 1 = 2n
+        ("continuous", 2, 5, "kernel", "dense"),  # K - 1 = 5 > 2n, K within 4n
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
         ("continuous", 5, 2, "reduced", "dense"),  # K = 9 <= 2n
         ("discontinuous", 2, 2, "reduced", "dense"),  # K = 4 = 2n
-        ("continuous", 3, 4, "kernel", "dense"),  # K = 9 > 2n
-        ("discontinuous", 1, 3, "reduced", "dense"),  # n = 1: dense up to K = 3
-        ("discontinuous", 1, 4, "kernel", "dense"),
+        ("continuous", 3, 4, "kernel", "dense"),  # K - 1 = 8 > 2n
+        ("discontinuous", 1, 4, "reduced", "dense"),  # n = 1: dense up to 3 columns, K - 1 = 3
         ("discontinuous", 1, 5, "kernel", "gather"),
     ],
 )
 def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
-    """Against the compiled kernel dense (reduced, on large calls) is taken up to K = max(2n, 3)
-    (benchmarks/paths.py); against the gather path (meta tensors, bf16, no compiler here) up to K = 4n."""
+    """Against the compiled kernel dense is taken up to K = max(2n, 3), and the reduced basis (large calls)
+    up to K - 1 = max(2n, 3) (benchmarks/paths.py); against the gather path (meta tensors, bf16, no compiler
+    here) dense is taken up to K = 4n."""
     layer = HighOrderLinear(128, 128, n, segments, kind=kind)
     x = torch.zeros(1024, 128)  # large enough for the reduced basis
     if layer_kernel.available():
