@@ -23,9 +23,9 @@ without the forward pass that precedes them; a second table, and {"passes": [...
 where the gap to a matmul lies.
 
 --path forces the path of our hidden and real-valued input layers (HighOrderLinear.path: dense, reduced,
-kernel, triton, gather; see langinterp/layers/piecewise.py) instead of the one it would choose, to compare
-them on the same cases; the layer over character codes has no such choice and is left out. Every row
-records the path that ran. --segments keeps only the cases with those segment counts.
+kinks, kernel, triton, gather; see langinterp/layers/piecewise.py) instead of the one it would choose, to
+compare them on the same cases; the layer over character codes has no such choice and is left out. Every
+row records the path that ran. --segments keeps only the cases with those segment counts.
 """
 
 import argparse
@@ -343,11 +343,13 @@ def path_problem(path: str, device: str) -> str | None:
 
 def chosen_cases(segments: list[int] | None, path: str) -> list[tuple]:
     """The cases to run: those with one of ``segments`` (all when None), less the layer over codes when a
-    path is forced."""
+    path is forced, and only those with n = 2 for the kink basis (the layers are continuous)."""
     return [
         case
         for case in CASES
-        if (segments is None or case[4] in segments) and (path == "auto" or case[0] != "input codes")
+        if (segments is None or case[4] in segments)
+        and (path == "auto" or case[0] != "input codes")
+        and (path != "kinks" or case[3] == 2)
     ]
 
 

@@ -9,9 +9,10 @@ segments) below, at batch 1024 with 250 inputs and outputs, with one thread and 
 a forward+backward pass of the layer forced onto each path and of nn.Linear(in*n, out), taking turns in
 this one process (the input needs a gradient, as in a hidden layer), and reports each path as the median
 over turns of its ratio to the Linear, the faster path, and the one ``path = "auto"`` picks
-(piecewise.dense_pays, reduced.reduced_pays). These are the measurements behind those rules. The reduced
-basis (reduced.py: the dense path's matmul with one column fewer per input) is timed too; at this size it
-takes the dense path's place. Prints a table; writes JSON {"rows": [...]} to --out (default
+(piecewise.dense_pays, reduced.reduced_pays, piecewise.KINKS_MAX_SEGMENTS). These are the measurements
+behind those rules. The reduced basis (reduced.py: the dense path's matmul with one column fewer per input)
+is timed too, and so are continuous layers with n = 2 on the kink basis (kinks.py); at this size they take
+the dense path's place. Prints a table; writes JSON {"rows": [...]} to --out (default
 benchmarks/results/paths.json). Needs the compiled CPU kernel.
 """
 
@@ -27,7 +28,7 @@ from torch import nn
 from langinterp.layers import HighOrderLinear, kernel
 
 WIDTH = 250
-PATHS = ("dense", "reduced", "kernel")
+PATHS = ("dense", "reduced", "kinks", "kernel")
 CASES = [
     ("continuous", 2, 2),
     ("continuous", 3, 2),
@@ -51,8 +52,9 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     x = (torch.rand(BATCH, width) * 2 - 1).requires_grad_()
+    timed = [path for path in PATHS if path != "kinks" or (kind == "continuous" and n == 2)]
     steps = {}
-    for path in PATHS:
+    for path in timed:
         layer = HighOrderLinear(width, width, n, segments, kind=kind)
         layer.path = path
         steps[path] = pass_of(layer, x)
@@ -62,12 +64,13 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
     layer.path = "auto"
     row = {"kind": kind, "n": n, "segments": segments, "K": layer.weights_per_link, "threads": threads}
     row["linear_ms"] = statistics.median(turns["linear"])
-    for path in PATHS:
+    row["kinks_ms"] = row["kinks_ratio"] = None
+    for path in timed:
         row[f"{path}_ms"] = statistics.median(turns[path])
         row[f"{path}_ratio"] = statistics.median(
             a / b for a, b in zip(turns[path], turns["linear"], strict=True)
         )
-    row["faster"] = min(PATHS, key=lambda path: row[f"{path}_ratio"])
+    row["faster"] = min(timed, key=lambda path: row[f"{path}_ratio"])
     row["auto"] = layer.choose_path(x)
     return row
 
@@ -75,11 +78,13 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
 def table(rows: list[dict]) -> str:
     lines = [
         "| kind | n | segments | K | K/n | threads | Linear(in*n) ms | dense / Linear | reduced / Linear "
-        "| kernel / Linear | faster | auto |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kinks / Linear | kernel / Linear | faster | auto |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratios = " | ".join(f"{r[f'{path}_ratio']:.2f}" for path in PATHS)
+        ratios = " | ".join(
+            "-" if r[f"{path}_ratio"] is None else f"{r[f'{path}_ratio']:.2f}" for path in PATHS
+        )
         lines.append(
             f"| {r['kind']} | {r['n']} | {r['segments']} | {r['K']} | {r['K'] / r['n']:.2f} | {r['threads']} "
             f"| {r['linear_ms']:.2f} | {ratios} "

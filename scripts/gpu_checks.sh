@@ -10,8 +10,9 @@
 # 2. benchmarks/layers.py --device cuda --passes (the layers' Triton path against cuBLAS), the same for the
 #    2-segment cases forced onto the Triton path (on CUDA they take the dense path: would Triton be faster?)
 #    and for the many-segment cases forced onto the dense path (a basis matrix K/n times a Linear's input,
-#    but cuBLAS: at batch 1024, is it faster than the Triton kernels, and up to which K?), then
-#    benchmarks/triton_kernels.py (the kernels' variants alone).
+#    but cuBLAS: at batch 1024, is it faster than the Triton kernels, and up to which K?), and for the
+#    2-segment n = 2 case on the kink basis (on CUDA it keeps the Triton dense path: would kinks be faster?),
+#    then benchmarks/triton_kernels.py (the kernels' variants alone).
 # 3. Every neural family trained on CUDA as `langinterp train` runs it there (bf16-mixed), unchanged but for
 #    a local book and a few steps, then `generate` and `evaluate` on the run; `recipes/mamba.toml` a second
 #    time with mamba-ssm's import blocked when it is installed (the pure-PyTorch scan on CUDA); the automaton.
@@ -19,7 +20,7 @@
 # 4. With the time left, the whole test suite with the GPU visible (its training pins the CPU, but generation
 #    and evaluation of what it trains then run on CUDA).
 # Logs and the benchmarks' JSON go to $OUT when it is set (the device tool's folder: at most 8 files come
-# back from it, so the dense-path run's JSON stays in /tmp; its table is in the log), else
+# back from it, so the dense-path and kink runs' JSON stays in /tmp; their tables are in the log), else
 # gpu-checks/.
 #
 # Python packages the machine lacks can be carried as wheels in .whl/ (see the device tool's notes); they
@@ -76,6 +77,9 @@ tail -n 10 "$out/layers_cuda.log"
 step layers_cuda.log 90 "layer benchmark, many segments on the dense path" "$python" benchmarks/layers.py \
     --device cuda --passes --quick --path dense --segments 8 32 128 --out /tmp/layers_cuda_dense.json
 tail -n 12 "$out/layers_cuda.log"
+step layers_cuda.log 60 "layer benchmark, 2 segments on the kink basis" "$python" benchmarks/layers.py \
+    --device cuda --passes --quick --path kinks --segments 2 --out /tmp/layers_cuda_kinks.json
+tail -n 8 "$out/layers_cuda.log"
 step triton_kernels.log 150 "Triton kernel benchmark" "$python" benchmarks/triton_kernels.py \
     --out "$out/triton_kernels.json"
 tail -n 26 "$out/triton_kernels.log"

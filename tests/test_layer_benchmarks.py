@@ -48,15 +48,21 @@ def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments)
     torch.set_num_threads(threads)
     K = weights_per_link(kind, n, segments)
     assert row["K"] == K and row["threads"] == 1
-    timed = paths.PATHS
+    kinks = kind == "continuous" and n == 2  # the layers that can take the kink basis
+    timed = [path for path in paths.PATHS if path != "kinks" or kinks]
     assert row["linear_ms"] > 0 and all(
         row[f"{path}_{unit}"] > 0 for path in timed for unit in ("ms", "ratio")
     )
+    assert (row["kinks_ratio"] is None) == (not kinks)
     assert row["faster"] == min(timed, key=lambda path: row[f"{path}_ratio"])
-    # Batch 1024, 128 inputs and outputs: 2^24 multiply-adds per column, enough for the reduced basis.
-    assert row["auto"] == ("reduced" if dense_pays(K - 1, n, on_kernel=True) else "kernel")
+    # Batch 1024, 128 inputs and outputs: 2^24 multiply-adds per column, enough for the reduced basis, and
+    # enough rows and inputs for the kink basis.
+    dense = "kinks" if kinks and segments <= 2 else "reduced"
+    assert row["auto"] == (dense if dense_pays(K - 1, n, on_kernel=True) else "kernel")
     shown = paths.table([row])
-    ratios = " | ".join(f"{row[f'{path}_ratio']:.2f}" for path in timed)
+    ratios = " | ".join(
+        "-" if row[f"{path}_ratio"] is None else f"{row[f'{path}_ratio']:.2f}" for path in paths.PATHS
+    )
     assert (
         f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 | {row['linear_ms']:.2f} | {ratios} |" in shown
     )
@@ -83,6 +89,8 @@ def test_forced_paths_choose_their_cases_and_refuse_what_cannot_run():
     assert all(case[0] != "input codes" for case in layers.chosen_cases(None, "dense"))
     assert [case[4] for case in layers.chosen_cases([2], "auto")] == [2, 2]
     assert layers.chosen_cases(None, "auto") == layers.CASES
+    kinks = layers.chosen_cases(None, "kinks")  # the continuous layers with n = 2 only
+    assert [case[3:] for case in kinks] == [(2, 128), (2, 2), (2, 32), (2, 128)]
     assert layers.path_problem("triton", "cpu") == "--path triton needs --device cuda and Triton"
     assert layers.path_problem("kernel", "cuda") is not None
     assert (

@@ -153,13 +153,19 @@ def test_choose_path_by_weights_per_link():
     assert HighOrderLinear(4, 4, 3, 2).choose_path(x) == "dense"
     # The reduced basis takes the dense path's place on the compiled kernel for calls doing enough work:
     # rows * in * out >= 2^24 in training, 2^26 in inference.
-    wide = HighOrderLinear(128, 128, 2, 2)
+    wide = HighOrderLinear(128, 128, 3, 2)
     reduced = "reduced" if layer_kernel.available() else "dense"
     assert wide.choose_path(torch.zeros(1024, 128)) == reduced
     assert wide.choose_path(torch.zeros(1023, 128)) == "dense"
     with torch.no_grad():
         assert wide.choose_path(torch.zeros(1024, 128)) == "dense"
         assert wide.choose_path(torch.zeros(4096, 128)) == reduced
+    # The kink basis takes their place for continuous layers with n = 2 and up to 2 segments, from 256 rows
+    # and 128 inputs.
+    kinked = HighOrderLinear(128, 4, 2, 2)
+    assert kinked.choose_path(torch.zeros(256, 128)) == "kinks"
+    assert kinked.choose_path(torch.zeros(255, 128)) == "dense"
+    assert HighOrderLinear(127, 4, 2, 2).choose_path(torch.zeros(256, 127)) == "dense"
     assert (
         HighOrderLinear(128, 128, 1, 1, "discontinuous").choose_path(torch.zeros(1024, 128)) == "dense"
     )  # K = 1
@@ -170,7 +176,7 @@ def test_choose_path_by_weights_per_link():
 @pytest.mark.parametrize(
     ("kind", "n", "segments", "with_kernel", "elsewhere"),
     [
-        ("continuous", 2, 1, "reduced", "dense"),  # K = 2
+        ("continuous", 2, 1, "kinks", "kinks"),  # n = 2, at most 2 segments, a large call: kink basis
         ("continuous", 2, 3, "reduced", "dense"),  # K = 4 = 2n
         ("continuous", 2, 4, "reduced", "dense"),  # K = 5: past 2n, but the reduced basis has K - 1 = 2n
         ("continuous", 2, 5, "kernel", "dense"),  # K - 1 = 5 > 2n, K within 4n
@@ -191,6 +197,63 @@ def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kern
     if layer_kernel.available():
         assert layer.choose_path(x) == with_kernel
     assert layer.to(torch.bfloat16).choose_path(x.bfloat16()) == elsewhere
+
+
+@pytest.mark.parametrize("s", [1, 2, 8, 128])
+def test_kink_basis_matches_high_order_layers_torch(s):
+    # The same comparison as test_matches_high_order_layers_torch (whose segment counts the package
+    # locates exactly in float64), for the path that only continuous layers with n = 2 take (128 segments
+    # too, forced: the basis's rounding grows with s squared). 3 and 7 segments: the plain loop, below.
+    assert_matches_the_package(make("continuous", 2, s, path="kinks", initialization="uniform"))
+
+
+@pytest.mark.parametrize("s", [2, 3, 7])
+def test_kink_basis_with_leading_dims_bias_and_gradcheck(s):
+    layer = make("continuous", 2, s, path="kinks", bias=True)
+    with torch.no_grad():
+        layer.bias.uniform_()
+    x = inputs_inside_and_outside(rows=10)
+    y = layer(x.detach().view(2, 5, 3))
+    expected = reference(layer, x.detach()) + layer.bias.detach()
+    torch.testing.assert_close(y.reshape(10, 4), expected, rtol=1e-12, atol=1e-12)
+    small = make("continuous", 2, s, inputs=2, outputs=3, path="kinks")
+    x = inputs_inside_and_outside(rows=4, inputs=2)
+    assert torch.autograd.gradcheck(
+        lambda x, w: torch.func.functional_call(small, {"weight": w}, (x,)), (x, small.weight)
+    )
+
+
+@pytest.mark.parametrize("s", [2, 3, 7])
+def test_kink_basis_takes_the_right_segments_slope_at_a_knot(s):
+    # The package puts x = x_k in segment k, so dy/dx there is that segment's slope; so does the dense
+    # path. -0.0 is the knot 0 too (2 segments).
+    knots = [2 * k / s - 1 for k in range(s + 1)] + [-0.0]
+    x = torch.tensor(knots, dtype=torch.float64).unsqueeze(-1).expand(-1, 3).contiguous()
+    grads = []
+    for path in ("kinks", "gather"):
+        layer = make("continuous", 2, s, path=path, initialization="uniform")
+        point = x.clone().requires_grad_()
+        layer(point).sum().backward()
+        grads.append(point.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("s", [2, 3, 7])
+def test_kink_basis_in_float32_and_on_the_meta_device(s):
+    layer = make("continuous", 2, s, inputs=20, outputs=30, path="kinks", dtype=torch.float32)
+    x = torch.rand(50, 20) * 2.2 - 1.1
+    torch.testing.assert_close(layer(x).double(), reference(layer, x), rtol=1e-5, atol=1e-5)
+    assert layer.to("meta")(x.to("meta")).shape == (50, 30)
+
+
+def test_only_continuous_layers_with_two_nodes_take_the_kink_basis():
+    for kind, n, s in [("continuous", 3, 2), ("discontinuous", 2, 2), ("polynomial", 2, 1)]:
+        layer = HighOrderLinear(3, 2, n, s, kind=kind)
+        assert not layer.takes_kinks
+        layer.path = "kinks"
+        with pytest.raises(ValueError, match="kinks path needs a continuous layer with n = 2"):
+            layer(torch.zeros(1, 3))
+    assert list(HighOrderLinear(3, 2, 2, 2).state_dict()) == ["weight"]  # checkpoints keep their keys
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
@@ -295,6 +358,23 @@ def test_torch_compile():
     y.sum().backward()
     torch.testing.assert_close(y, layer(x))
     assert x.grad is not None and layer.weight.grad is not None
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_kink_basis_under_torch_compile_inference_mode_and_bf16_autocast(s):
+    layer = HighOrderLinear(6, 5, 2, s)
+    layer.path = "kinks"
+    x = (torch.rand(4, 6) * 2 - 1).requires_grad_()
+    with torch.inference_mode():  # first call under inference mode: nothing it makes may reach autograd
+        layer(x.detach())
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, layer(x))
+    assert x.grad is not None and layer.weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = layer(x.bfloat16())
+    torch.testing.assert_close(z.float(), layer(x), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")

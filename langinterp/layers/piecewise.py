@@ -28,6 +28,15 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   Linear where dense took 1.82-2.32x, up to K/n = 2), and as fast as the kernel or faster up to
   K - 1 = max(2n, 3), so it is taken that far. It converts the weights on every call, so small calls
   (generation) keep the plain dense path; on CUDA the Triton dense path stays (not timed).
+- ``kinks`` instead of both for a continuous layer with n = 2 and at most 2 segments (kinks.py), on calls
+  of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function as a
+  Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, as on the reduced basis) plus a
+  bias, the coefficients a fixed linear map of the weights. Its first s columns are x itself, so it builds
+  half the features the reduced basis builds: a 3% faster training step of recipes/sparse_mlp.toml
+  (turn by turn, 1 and 2 threads). With 3 segments and more its elementwise work, which grows with the
+  knots, made it no faster than dense (0-7% slower at 3 segments, 13-27% at 7), so it is taken only up
+  to 2 (forced, it runs with any count). Plain PyTorch operations: autograd, autocast and torch.compile
+  apply as they are. On CUDA the Triton dense path stays until the two are timed on a GPU.
 - ``kernel`` for larger K on CPU in float32/float64: the compiled gather kernel (kernel.py), which touches
   only the active rows in forward and backward; its work and scratch memory do not grow with segments
   (its time grows somewhat once the weight table outgrows the caches).
@@ -46,10 +55,14 @@ from torch import Tensor, nn
 from . import kernel, triton_ops
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
+from .kinks import kink_linear
 from .reduced import reduced_linear, reduced_pays
 
-PATHS = ("auto", "dense", "reduced", "kernel", "triton", "gather")
+PATHS = ("auto", "dense", "reduced", "kinks", "kernel", "triton", "gather")
 DENSE_RATIO = 4
+KINKS_MAX_SEGMENTS = 2
+KINKS_MIN_ROWS = 256
+KINKS_MIN_INPUTS = 128
 
 
 def dense_pays(columns: int, n: int, on_kernel: bool) -> bool:
@@ -58,6 +71,14 @@ def dense_pays(columns: int, n: int, on_kernel: bool) -> bool:
     module docstring for the measurements)."""
     limit = max(2 * n, 3) if on_kernel else DENSE_RATIO * n
     return columns <= limit
+
+
+def kinks_pay(x: Tensor) -> bool:
+    """Whether x [rows, in] is large enough for the kink basis: it converts the weights on every call (a
+    cost independent of the batch) and saves one column of the matmul per input (a cost that grows with
+    it). Spot checks at batch 64-1024 and 64-256 inputs and outputs put the break-even near 256 rows and
+    128 inputs (below, up to 1.35x the dense path's time; at 1024 rows and 128-250 inputs, 0.80-0.88x)."""
+    return x.shape[0] >= KINKS_MIN_ROWS and x.shape[-1] >= KINKS_MIN_INPUTS
 
 
 def _basis_op(x: Tensor, weight: Tensor):
@@ -110,6 +131,11 @@ class HighOrderLinear(nn.Module):
         initialize(self.weight, initialization, kind, n, segments)
 
     @property
+    def takes_kinks(self) -> bool:
+        """Whether the kink basis (kinks.py) can compute this layer: continuous with n = 2."""
+        return self.kind == "continuous" and self.n == 2
+
+    @property
     def weights_per_link(self) -> int:
         """K: (n - 1) * segments + 1 when continuous, else n * segments."""
         return self.weight.shape[1]
@@ -124,11 +150,16 @@ class HighOrderLinear(nn.Module):
                     "the reduced path needs the compiled CPU kernel (float32/float64 on the CPU) and more "
                     "than one weight per link"
                 )
+            if self.path == "kinks" and not self.takes_kinks:
+                raise ValueError("the kinks path needs a continuous layer with n = 2")
             return self.path
         on_kernel = kernel.supports(x, self.weight)
         K = self.weights_per_link
         reduced = on_kernel and K > 1 and reduced_pays(x, self.weight)
         if dense_pays(K - reduced, self.n, on_kernel):
+            kinks = self.takes_kinks and self.segments <= KINKS_MAX_SEGMENTS and kinks_pay(x)
+            if kinks and not triton_ops.supports_dense(x, self.weight):
+                return "kinks"
             return "reduced" if reduced else "dense"
         if on_kernel:
             return "kernel"
@@ -144,7 +175,9 @@ class HighOrderLinear(nn.Module):
         step = stride(self.kind, self.n)
         K = self.weights_per_link
         table = weight.reshape(-1, self.out_features)  # [in*K, out]
-        if path == "reduced":
+        if path == "kinks":
+            y = kink_linear(flat, weight)
+        elif path == "reduced":
             y = reduced_linear(flat, weight, self.n, self.segments, step)
         elif path == "kernel":
             y = kernel.piecewise(flat, weight, self.n, self.segments, step)
