@@ -874,7 +874,7 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
 }
 
 // The reduced basis leaves out each input's first node: a link's basis functions sum to one, so the first
-// is 1 minus the others and its weight folds into a bias (piecewise.py). Column i*K + c moves to
+// is 1 minus the others and its weight folds into a bias (reduced.py). Column i*K + c moves to
 // i*(K-1) + c - 1. Only node 0 of segment 0 (k = 0, listed first) is left out: its coefficient becomes zero
 // and its column the input's first kept one, node 1, which is either written after it (n >= 2: the same
 // segment) or zero (n = 1), so the stores and sums over row_of need no test.

@@ -24,8 +24,8 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   (``reduced_pays``: rows * in * out >= 2^24 in training, 2^26 in inference): the same matmul with one
   column fewer per input, that column's weight folded into a bias (reduced.py; a link's basis values sum
   to one), K - 1 columns per input instead of K. With n = 2 and 2 segments exactly the multiply-adds of
-  Linear(in*n -> out). In benchmarks/paths.py it was faster than dense in every case (1.44-2.05x the
-  Linear where dense took 1.82-2.32x, up to K/n = 2), and as fast as the kernel or faster up to
+  Linear(in*n -> out). In benchmarks/paths.py it was faster than dense in every case (1.44-2.03x the
+  Linear where dense took 1.82-2.28x, up to K/n = 2), and as fast as the kernel or faster up to
   K - 1 = max(2n, 3), so it is taken that far. It converts the weights on every call, so small calls
   (generation) keep the plain dense path; on CUDA the Triton dense path stays (not timed).
 - ``kinks`` instead of both for a continuous layer with n = 2 and at most 2 segments (kinks.py), on calls
