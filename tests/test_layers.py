@@ -224,21 +224,6 @@ def test_kink_basis_with_leading_dims_bias_and_gradcheck(s):
 
 
 @pytest.mark.parametrize("s", [2, 3, 7])
-def test_kink_basis_takes_the_right_segments_slope_at_a_knot(s):
-    # The package puts x = x_k in segment k, so dy/dx there is that segment's slope; so does the dense
-    # path. -0.0 is the knot 0 too (2 segments).
-    knots = [2 * k / s - 1 for k in range(s + 1)] + [-0.0]
-    x = torch.tensor(knots, dtype=torch.float64).unsqueeze(-1).expand(-1, 3).contiguous()
-    grads = []
-    for path in ("kinks", "gather"):
-        layer = make("continuous", 2, s, path=path, initialization="uniform")
-        point = x.clone().requires_grad_()
-        layer(point).sum().backward()
-        grads.append(point.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("s", [2, 3, 7])
 def test_kink_basis_in_float32_and_on_the_meta_device(s):
     layer = make("continuous", 2, s, inputs=20, outputs=30, path="kinks", dtype=torch.float32)
     x = torch.rand(50, 20) * 2.2 - 1.1
@@ -256,11 +241,17 @@ def test_only_continuous_layers_with_two_nodes_take_the_kink_basis():
     assert list(HighOrderLinear(3, 2, 2, 2).state_dict()) == ["weight"]  # checkpoints keep their keys
 
 
-@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize(
-    ("kind", "n", "s"), [("continuous", 2, 2), ("continuous", 3, 7), ("discontinuous", 2, 3)]
+    ("path", "kind", "n", "s"),
+    [
+        (path, *case)
+        for path in PATHS
+        for case in [("continuous", 2, 2), ("continuous", 3, 7), ("discontinuous", 2, 3)]
+    ]
+    + [("kinks", "continuous", 2, s) for s in (2, 3, 7)],  # the kink basis: continuous, n = 2 only
+    indirect=["path"],
 )
-def test_every_path_takes_the_right_segments_derivative_at_a_boundary(kind, n, s, path):
+def test_every_path_takes_the_right_segments_derivative_at_a_boundary(path, kind, n, s):
     # The package puts x = x_k in segment k, so dy/dx there is that segment's; -0.0 is the boundary 0 too.
     boundaries = [2 * k / s - 1 for k in range(s + 1)] + [-0.0]
     x = torch.tensor(boundaries, dtype=torch.float64).unsqueeze(-1).expand(-1, 3).contiguous()
