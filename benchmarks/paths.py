@@ -1,6 +1,7 @@
 """Where the dense path stops paying on the CPU: the paths of a layer against the matmul, by K/n.
 
-    python benchmarks/paths.py [--quick] [--out FILE]
+    python benchmarks/paths.py [--quick] [--width W] [--batch B] [--inference] [--case KIND:N:SEGMENTS ...]
+                               [--out FILE]
 
 A HighOrderLinear with K weights per link and n nodes can take the dense path (a [rows, in*K] basis matrix
 times the weight table: K/n times a Linear's multiply-adds, at BLAS speed) or the compiled kernel (the n
@@ -12,8 +13,11 @@ over turns of its ratio to the Linear, the faster path, and the one ``path = "au
 (piecewise.dense_pays, reduced.reduced_pays, piecewise.KINKS_MAX_SEGMENTS). These are the measurements
 behind those rules. The reduced basis (reduced.py: the dense path's matmul with one column fewer per input)
 is timed too, and so are continuous layers with n = 2 on the kink basis (kinks.py); at this size they take
-the dense path's place. Prints a table; writes JSON {"rows": [...]} to --out (default
-benchmarks/results/paths.json). Needs the compiled CPU kernel.
+the dense path's place. --width and --batch change the layer's size and the batch (the rules for the
+reduced and kink bases depend on both: a call's work decides whether their per-call conversion of the
+weights pays), --inference times forward passes without autograd instead (as evaluation runs them; the
+reduced basis has its own threshold there), --case runs only the cases given. Prints a table; writes JSON
+{"rows": [...]} to --out (default benchmarks/results/paths.json). Needs the compiled CPU kernel.
 """
 
 import argparse
@@ -22,7 +26,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from layers import BATCH, pass_of, turns_ms
+from layers import BATCH, forward_of, pass_of, turns_ms
 from torch import nn
 
 from langinterp.layers import HighOrderLinear, kernel
@@ -48,21 +52,33 @@ CASES = [
 ]
 
 
-def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width: int = WIDTH) -> dict:
+def measure(
+    kind: str,
+    n: int,
+    segments: int,
+    threads: int,
+    repeats: int,
+    width: int = WIDTH,
+    batch: int = BATCH,
+    inference: bool = False,
+) -> dict:
+    """One row; ``inference``: forward passes without autograd instead of forward+backward."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x = (torch.rand(BATCH, width) * 2 - 1).requires_grad_()
+    x = (torch.rand(batch, width) * 2 - 1).requires_grad_(not inference)
+    step_of = forward_of if inference else pass_of
     timed = [path for path in PATHS if path != "kinks" or (kind == "continuous" and n == 2)]
     steps = {}
     for path in timed:
         layer = HighOrderLinear(width, width, n, segments, kind=kind)
         layer.path = path
-        steps[path] = pass_of(layer, x)
-    wide = torch.randn(BATCH, width * n, requires_grad=True)
-    steps["linear"] = pass_of(nn.Linear(width * n, width, bias=False), wide)
+        steps[path] = step_of(layer, x)
+    wide = torch.randn(batch, width * n, requires_grad=not inference)
+    steps["linear"] = step_of(nn.Linear(width * n, width, bias=False), wide)
     turns = turns_ms(steps, repeats, 3)
     layer.path = "auto"
     row = {"kind": kind, "n": n, "segments": segments, "K": layer.weights_per_link, "threads": threads}
+    row["width"], row["batch"], row["inference"] = width, batch, inference
     row["linear_ms"] = statistics.median(turns["linear"])
     row["kinks_ms"] = row["kinks_ratio"] = None
     for path in timed:
@@ -71,7 +87,8 @@ def measure(kind: str, n: int, segments: int, threads: int, repeats: int, width:
             a / b for a, b in zip(turns[path], turns["linear"], strict=True)
         )
     row["faster"] = min(timed, key=lambda path: row[f"{path}_ratio"])
-    row["auto"] = layer.choose_path(x)
+    with torch.set_grad_enabled(not inference):
+        row["auto"] = layer.choose_path(x)
     return row
 
 
@@ -93,9 +110,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_case(text: str) -> tuple[str, int, int]:
+    """KIND:N:SEGMENTS -> (kind, n, segments), refused with the reason when it is no layer."""
+    try:
+        kind, n, segments = text.split(":")
+        case = kind, int(n), int(segments)
+        HighOrderLinear(1, 1, case[1], case[2], kind=kind)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    return case
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns; about a minute on 2 cores")
+    parser.add_argument("--width", type=int, default=WIDTH, help="the layers' inputs and outputs")
+    parser.add_argument("--batch", type=int, default=BATCH, help="rows per call")
+    parser.add_argument(
+        "--inference", action="store_true", help="time forward passes without autograd (as in evaluation)"
+    )
+    parser.add_argument(
+        "--case", type=parse_case, action="append", help="KIND:N:SEGMENTS, e.g. continuous:5:2 (repeatable)"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "paths.json"
     )
@@ -104,11 +140,13 @@ def main() -> None:
         parser.error("the compiled CPU kernel is not available (no C++ compiler, or LANGINTERP_KERNEL=0)")
     all_threads = torch.get_num_threads()
     rows = [
-        measure(kind, n, segments, threads, 5 if args.quick else 21)
-        for kind, n, segments in CASES
+        measure(kind, n, segments, threads, 5 if args.quick else 21, args.width, args.batch, args.inference)
+        for kind, n, segments in args.case or CASES
         for threads in sorted({1, all_threads})
     ]
     torch.set_num_threads(all_threads)
+    passes = "forward passes without autograd" if args.inference else "forward+backward"
+    print(f"{passes}, batch {args.batch}, {args.width} inputs and outputs")
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")

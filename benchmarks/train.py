@@ -3,16 +3,18 @@
     python benchmarks/train.py [--quick] [--out FILE]
 
 Three networks with the shapes of recipes/sparse_mlp.toml (16 characters -> 200 -> 200 -> 128, n = 2):
-- sparse_mlp: langinterp's model, built from the recipe (table-lookup input layer, piecewise layers);
+- sparse_mlp: langinterp's model, built from the recipe (table-lookup input layer, piecewise layers), and
+  the same model with its hidden and output layers forced onto the reduced basis (reduced.py) instead of
+  the kink basis they take (kinks.py): the comparison behind that choice;
 - plain MLP: nn.Linear layers with the same matmul shapes (in*n -> out per layer) and the same LayerNorms,
   which is the floor a piecewise layer can hope for (it does the same multiply-adds plus a gather);
 - high-order-layers-torch: the same network from that package's PiecewisePolynomial layers.
 Each row times a full training step (forward, cross-entropy, backward, Lion step) at batch 1000, the median
-of repeated steps after warm-up, in this one process. sparse_mlp and the plain MLP take turns, so that load
-from elsewhere on a shared machine falls on both alike, and their ratio is the median of the turn-by-turn
-ratios. high-order-layers-torch copies its weights per sample, so it runs at a smaller batch and its step
-time is scaled linearly to 1000 (its `batch` column says so). The last row is generation: characters per
-second of `langinterp.sampling.generate` with sparse_mlp.
+of repeated steps after warm-up, in this one process. The two sparse_mlp variants and the plain MLP take
+turns, so that load from elsewhere on a shared machine falls on all alike, and each ratio is the median of
+the turn-by-turn ratios. high-order-layers-torch copies its weights per sample, so it runs at a smaller
+batch and its step time is scaled linearly to 1000 (its `batch` column says so). The last row is
+generation: characters per second of `langinterp.sampling.generate` with sparse_mlp.
 
 Prints a table; writes JSON {"rows": [{"model", "batch", "step_ms", "chars_per_s", "ratio"}]} to --out
 (default benchmarks/results/train.json); ratio is to the plain MLP (None for generation).
@@ -33,7 +35,7 @@ from layers import turns_ms
 from lion_pytorch import Lion
 from torch import nn
 
-from langinterp.layers import codes_to_unit
+from langinterp.layers import HighOrderLinear, codes_to_unit
 from langinterp.models import build_model
 from langinterp.recipe import load_recipe
 from langinterp.sampling import SamplingOptions, generate
@@ -102,14 +104,27 @@ def run(quick: bool) -> list[dict]:
     rows = []
 
     ours = build_model(recipe)
+    reduced = build_model(recipe)
+    reduced.load_state_dict(ours.state_dict())
+    for module in reduced.modules():
+        if isinstance(module, HighOrderLinear):
+            module.path = "reduced"
     plain = plain_mlp(context, width, n)
     units = codes_to_unit(codes)
-    steps = {"ours": training_step(ours, codes, targets), "plain": training_step(plain, units, targets)}
+    steps = {
+        "ours": training_step(ours, codes, targets),
+        "reduced": training_step(reduced, codes, targets),
+        "plain": training_step(plain, units, targets),
+    }
     times = turns_ms(steps, repeats, warmup)
     plain_ms = statistics.median(times["plain"])
-    ratio = statistics.median(o / p for o, p in zip(times["ours"], times["plain"], strict=True))
+
+    def ratio(name: str) -> float:
+        return statistics.median(o / p for o, p in zip(times[name], times["plain"], strict=True))
+
     rows = [
-        ("sparse_mlp (langinterp)", BATCH, statistics.median(times["ours"]), ratio),
+        ("sparse_mlp (langinterp)", BATCH, statistics.median(times["ours"]), ratio("ours")),
+        ("sparse_mlp on the reduced basis", BATCH, statistics.median(times["reduced"]), ratio("reduced")),
         ("plain MLP, same matmuls", BATCH, plain_ms, 1.0),
     ]
     hol = hol_mlp(context, width, recipe.model)

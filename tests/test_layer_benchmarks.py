@@ -1,6 +1,7 @@
 """benchmarks/paths.py, benchmarks/kernel_ab.py and benchmarks/layers.py's forced paths: their rows on tiny
 layers (nothing timed is checked, only what the rows say), their refusals, and layers.py's profiling."""
 
+import argparse
 import importlib.util
 import os
 import subprocess
@@ -44,6 +45,7 @@ kernel_ab = load("kernel_ab")
 def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments):
     threads = torch.get_num_threads()
     row = paths.measure(kind, n, segments, threads=1, repeats=1, width=128)
+    assert (row["width"], row["batch"]) == (128, 1024)
     assert torch.get_num_threads() == 1
     torch.set_num_threads(threads)
     K = weights_per_link(kind, n, segments)
@@ -66,6 +68,26 @@ def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments)
     assert (
         f"| {kind} | {n} | {segments} | {K} | {K / n:.2f} | 1 | {row['linear_ms']:.2f} | {ratios} |" in shown
     )
+
+
+@needs_kernel
+def test_paths_takes_its_cases_from_the_command_line(tmp_path):
+    assert paths.parse_case("continuous:5:2") == ("continuous", 5, 2)
+    for bad in ("continuous:5", "spline:2:2", "continuous:1:2", "continuous:two:2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            paths.parse_case(bad)
+    assert "a continuous layer needs n >= 2" in refusal(tmp_path, "paths.py", "--case", "continuous:1:2")
+    threads = torch.get_num_threads()
+    row = paths.measure("continuous", 2, 3, threads=1, repeats=1, width=16, batch=8)
+    torch.set_num_threads(threads)
+    assert (row["width"], row["batch"], row["auto"]) == (16, 8, "dense")  # too small for reduced or kinks
+    # 2^24 multiply-adds per column: enough for the reduced basis in training, not in inference (2^26).
+    trained = paths.measure("continuous", 3, 2, threads=1, repeats=1, width=128, batch=1024)
+    inferred = paths.measure("continuous", 3, 2, threads=1, repeats=1, width=128, batch=1024, inference=True)
+    torch.set_num_threads(threads)
+    assert (trained["inference"], trained["auto"]) == (False, "reduced")
+    assert (inferred["inference"], inferred["auto"]) == (True, "dense")
+    assert inferred["reduced_ms"] > 0 and inferred["kinks_ratio"] is None
 
 
 def test_every_paths_case_is_a_valid_layer():

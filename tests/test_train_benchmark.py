@@ -22,6 +22,8 @@ def test_quick_run_writes_every_row_with_its_ratio_to_the_plain_mlp(tmp_path):
     ours, plain = rows["sparse_mlp (langinterp)"], rows["plain MLP, same matmuls"]
     assert (ours["batch"], plain["batch"], plain["ratio"]) == (1000, 1000, 1.0)
     assert ours["step_ms"] > 0 and ours["ratio"] > 0
+    reduced = rows["sparse_mlp on the reduced basis"]  # the same model, its piecewise layers on reduced.py
+    assert reduced["batch"] == 1000 and reduced["step_ms"] > 0 and reduced["ratio"] > 0
     assert ours["chars_per_s"] == 1000 / ours["step_ms"] * 1000
     assert rows["sparse_mlp generate"]["ratio"] is None
     hol = rows.get("high-order-layers-torch")  # present where the package is installed, as in CI
