@@ -32,8 +32,9 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function as a
   Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, as on the reduced basis) plus a
   bias, the coefficients a fixed linear map of the weights. Its first s columns are x itself, so it builds
-  half the features the reduced basis builds: a 3% faster training step of recipes/sparse_mlp.toml
-  (turn by turn, 1 and 2 threads). With 3 segments and more its elementwise work, which grows with the
+  half the features the reduced basis builds; where both run they tie (benchmarks/paths.py, also at the
+  shapes of recipes/sparse_mlp.toml, and benchmarks/train.py), and it also runs without the compiled
+  kernel, so it keeps this case. With 3 segments and more its elementwise work, which grows with the
   knots, made it no faster than dense (0-7% slower at 3 segments, 13-27% at 7), so it is taken only up
   to 2 (forced, it runs with any count). Plain PyTorch operations: autograd, autocast and torch.compile
   apply as they are. On CUDA the Triton dense path stays until the two are timed on a GPU.

@@ -27,7 +27,7 @@ REDUCED_MIN_WORK_INFERENCE = 1 << 26
 class FoldFirstNode(torch.autograd.Function):
     """weight [in, K, out] -> (w_c - w_0 as a [in*(K - 1), out] table, sum of the w_0 [out]), with the
     gradient written in one pass (autograd's own, through slices, zeroes and adds the whole gradient once
-    per slice: up to 1.35x slower training steps in spot checks at batch 64-256, 250 inputs and outputs)."""
+    per slice)."""
 
     @staticmethod
     def forward(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -48,9 +48,8 @@ class FoldFirstNode(torch.autograd.Function):
 def reduced_pays(x: Tensor, weight: Tensor) -> bool:
     """Whether the reduced basis is worth its per-call conversion of the weights for x [rows, in]: it saves
     one column in K of each matmul (three when training, one in inference), so the call must do enough
-    work, rows * in * out. Turn-by-turn spot checks at 64-1024 rows, 64-250 inputs and outputs, n = 2 and
-    5 with 2 segments put the break-even of a training step near 2^24 (at 2^22, 1.0-1.3x the dense path's
-    time; near 2^24, 0.85-1.05x; at 2^26, 0.8-0.95x) and of inference near 2^26."""
+    work, rows * in * out. benchmarks/paths.py with --width, --batch (and --inference) puts the break-even
+    of a training step near 2^24 and of a forward pass near 2^26 (the README gives the runs)."""
     work = x.shape[0] * weight.shape[0] * weight.shape[2]
     training = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
     return work >= (REDUCED_MIN_WORK if training else REDUCED_MIN_WORK_INFERENCE)
