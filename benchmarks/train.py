@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from layers import turns_ms
+from layers import median_ms, turns_ms
 from lion_pytorch import Lion
 from torch import nn
 
@@ -101,7 +101,6 @@ def run(quick: bool) -> list[dict]:
     repeats, warmup = (5, 2) if quick else (20, 3)
     codes = torch.randint(0, 128, (BATCH, context))
     targets = torch.randint(0, 128, (BATCH,))
-    rows = []
 
     ours = build_model(recipe)
     reduced = build_model(recipe)
@@ -131,7 +130,7 @@ def run(quick: bool) -> list[dict]:
     if hol is not None:
         small = 25 if quick else 100
         step = training_step(hol, units[:small], targets[:small])
-        hol_ms = statistics.median(turns_ms({"hol": step}, 2 if quick else 3, 1)["hol"]) * BATCH / small
+        hol_ms = median_ms({"hol": step}, 2 if quick else 3, 1)["hol"] * BATCH / small
         rows.append(("high-order-layers-torch", small, hol_ms, hol_ms / plain_ms))
 
     results = [
