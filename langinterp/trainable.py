@@ -24,6 +24,19 @@ from langinterp.step_limit import cut_short
 from langinterp.text import VOCAB_SIZE
 
 LN2 = math.log(2.0)
+
+
+def on_logging_step(trainer: pl.Trainer) -> bool:
+    """Whether the coming optimizer step is one on which Lightning writes step metrics to the loggers.
+
+    Lightning's own test (a private property of its logger connector) counts the step about to be taken:
+    every `log_every_n_steps`-th, and the last when training stops. This is the same test on the public
+    attributes, so that a Lightning upgrade cannot silently stop the CSV's step rows.
+    """
+    every = trainer.log_every_n_steps
+    return every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
+
+
 PLATEAU_KEY = "langinterp_plateau_scheduler"
 
 
@@ -101,7 +114,7 @@ class CharLM(pl.LightningModule):
         # Step values reach the CSV only on Lightning's logging steps (every trainer.log_every_n_steps), so
         # they are logged there, and on each epoch's first batch for the progress bar; the condition is the
         # same on every rank, as sync_dist needs.
-        if batch_idx == 0 or self.trainer._logger_connector.should_update_logs:
+        if batch_idx == 0 or on_logging_step(self.trainer):
             bpc = loss.detach() / LN2
             metrics = {"train_loss_step": loss, "train_bpc_step": bpc, "train_acc_step": accuracy}
             self.log_dict(

@@ -13,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import assert_same_training_state, checkpoint_payload, child_environment, word_text
+from torch.utils.data import DataLoader, TensorDataset
 
 from langinterp import training
 from langinterp.cli import run as cli
@@ -25,7 +26,7 @@ from langinterp.models import build_model, registered_types
 from langinterp.recipe import Recipe, load_recipe, resolve
 from langinterp.runs import find_run, list_runs, load_checkpoint
 from langinterp.text import encode
-from langinterp.trainable import LN2, PLATEAU_KEY, CharLM, EpochMeans
+from langinterp.trainable import LN2, PLATEAU_KEY, CharLM, EpochMeans, on_logging_step
 from langinterp.training import TrainingInterrupted, train
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
@@ -112,6 +113,42 @@ def test_epoch_means_weigh_each_batch_by_its_size() -> None:
     means.add(torch.tensor([1.0, 0.5]), 3)
     means.add(torch.tensor([5.0, 1.0]), 1)
     torch.testing.assert_close(means.means(strategy), torch.tensor([2.0, 0.625]))
+
+
+class LoggingStepProbe(pl.LightningModule):
+    """Records, on every batch, our logging-step test beside Lightning's own (a private property)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.seen: list[tuple[bool, bool]] = []
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.seen.append((on_logging_step(self.trainer), self.trainer._logger_connector.should_update_logs))
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_step_metrics_are_logged_on_lightnings_logging_steps(accumulate: int) -> None:
+    # Step values reach the CSV only if they are logged on the steps Lightning writes; off by one, each row
+    # would carry the values of an earlier step.
+    probe = LoggingStepProbe()
+    trainer = pl.Trainer(
+        max_steps=23,
+        log_every_n_steps=5,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(probe, DataLoader(TensorDataset(torch.randn(48, 2)), batch_size=4))
+    ours = [mine for mine, _ in probe.seen]
+    assert len(ours) == 23 * accumulate
+    assert ours == [theirs for _, theirs in probe.seen] and any(ours) and not all(ours)
 
 
 def test_logged_validation_scores_are_the_saved_models_held_out_scores(small_text: Path) -> None:
