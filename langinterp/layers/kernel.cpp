@@ -506,9 +506,8 @@ void pack_slice(const T* W, int K, int O, int i0, int count, int c0, int width, 
 // y[r, block] (+)= sum over the slice's inputs e and nodes k of phi_k(r, e) slice[e][first + k], a few samples
 // at a time: for each sample the same multiply-adds, in the same order, as the bucketed pass. Whole: the
 // slice's rows are exactly the block's NV vectors wide (every block but narrower last ones), so the row pitch
-// is a compile-time constant and a sample's n rows are addressed by constant offsets from one pointer. That
-// measured 13-22% faster for n = 3-5 and about 7% for n = 7 (`benchmarks/kernel_ab.py` and turn-by-turn
-// runs of the pass alone), but 10-20% slower for n = 1 and 2, which therefore keep the pitch a variable.
+// is a compile-time constant and a sample's n rows are addressed by constant offsets from one pointer, not
+// by one register per offset (4-12% faster passes by `benchmarks/kernel_ab.py`).
 template <typename T, int N, int NV, bool Whole>
 void forward_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int slice_pitch, T* y, int ld, int c0,
                   bool first) {
@@ -546,7 +545,7 @@ template <typename T, int N>
 void forward_tile_any(const Columns<T>& col, int count, int n, const T* slice, int pitch, T* y, int ld, Block b,
                       bool first) {
     constexpr int VL = Vec<T, 64>::width;
-    if ((N >= 3 || N == 0) && pitch == b.nv * VL) switch (b.nv) {
+    if (pitch == b.nv * VL) switch (b.nv) {
             case 8: forward_tile<T, N, 8, true>(col, count, n, slice, pitch, y, ld, b.c0, first); return;
             case 4: forward_tile<T, N, 4, true>(col, count, n, slice, pitch, y, ld, b.c0, first); return;
             case 2: forward_tile<T, N, 2, true>(col, count, n, slice, pitch, y, ld, b.c0, first); return;
