@@ -25,19 +25,18 @@ from langinterp.text import VOCAB_SIZE
 
 LN2 = math.log(2.0)
 
+PLATEAU_KEY = "langinterp_plateau_scheduler"
+
 
 def on_logging_step(trainer: pl.Trainer) -> bool:
     """Whether the coming optimizer step is one on which Lightning writes step metrics to the loggers.
 
     Lightning's own test (a private property of its logger connector) counts the step about to be taken:
-    every `log_every_n_steps`-th, and the last when training stops. This is the same test on the public
-    attributes, so that a Lightning upgrade cannot silently stop the CSV's step rows.
+    every `log_every_n_steps`-th, and any once training has been told to stop. This is the same test on the
+    public attributes, so that a Lightning upgrade cannot silently stop the CSV's step rows.
     """
     every = trainer.log_every_n_steps
     return every > 0 and ((trainer.global_step + 1) % every == 0 or trainer.should_stop)
-
-
-PLATEAU_KEY = "langinterp_plateau_scheduler"
 
 
 class EpochMeans:

@@ -507,7 +507,7 @@ void pack_slice(const T* W, int K, int O, int i0, int count, int c0, int width, 
 // at a time: for each sample the same multiply-adds, in the same order, as the bucketed pass. Whole: the
 // slice's rows are exactly the block's NV vectors wide (every block but narrower last ones), so the row pitch
 // is a compile-time constant and a sample's n rows are addressed by constant offsets from one pointer, not
-// by one register per offset (4-12% faster passes by `benchmarks/kernel_ab.py`).
+// by one register per offset (0-12% faster forward passes by `benchmarks/kernel_ab.py`, most with n = 3).
 template <typename T, int N, int NV, bool Whole>
 void forward_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int slice_pitch, T* y, int ld, int c0,
                   bool first) {
