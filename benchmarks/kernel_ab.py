@@ -1,6 +1,6 @@
 """The CPU kernel against an earlier version of itself: each pass of both builds, taking turns.
 
-    python benchmarks/kernel_ab.py [--base REV] [--turns N] [--out FILE]
+    python benchmarks/kernel_ab.py [--base REV] [--turns N] [--case IN:OUT:N:SEGMENTS ...] [--out FILE]
 
 On a shared machine whose speed moves by up to 2x between runs, two runs of benchmarks/layers.py cannot
 tell a 10% change in the kernel from a change in the load. This script builds langinterp/layers/kernel.cpp
@@ -9,12 +9,13 @@ and, for each case of benchmarks/layers.py that takes the kernel (more than max(
 the layer over codes runs the same forward pass and dL/dW as "input real"), calls each pass (forward,
 dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, with one thread and with
 all threads; and likewise the two passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for
-the cases that take it. It reports the median time of each build, the median of the turn-by-turn ratios
-(working tree / base: below 1 is faster) and the largest difference between the two builds' results
-relative to the largest entry (0 when both compute the same sums in the same order). The dense passes are
-compared only when the base's take the reduced basis's ``drop`` argument too (from the commit that added
-it on), as the working tree's calls pass it. Prints a table per path; writes JSON
-{"rows": [...], "dense_rows": [...]} to --out (default benchmarks/results/kernel_ab.json).
+the cases that take it. --case replaces the kernel's cases by the continuous layers given (for instance
+250:250:2:8), and then the dense passes are not compared. It reports the median time of each build, the
+median of the turn-by-turn ratios (working tree / base: below 1 is faster) and the largest difference
+between the two builds' results relative to the largest entry (0 when both compute the same sums in the
+same order). The dense passes are compared only when the base's take the reduced basis's ``drop`` argument
+too (from the commit that added it on), as the working tree's calls pass it. Prints a table per path;
+writes JSON {"rows": [...], "dense_rows": [...]} to --out (default benchmarks/results/kernel_ab.json).
 """
 
 import argparse
@@ -48,6 +49,22 @@ def real_cases(dense: bool) -> list[tuple[int, int, int, int]]:
         if name != "input codes"
         and dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True) == dense
     ]
+
+
+def parse_case(text: str) -> tuple[int, int, int, int]:
+    """IN:OUT:N:SEGMENTS, a continuous layer on the kernel (more than max(2n, 3) weights per link)."""
+    try:
+        case = tuple(int(part) for part in text.split(":"))
+    except ValueError:
+        case = ()
+    if len(case) != 4 or min(case) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected IN:OUT:N:SEGMENTS, four positive whole numbers, got {text!r}"
+        )
+    n, segments = case[2:]
+    if dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True):
+        raise argparse.ArgumentTypeError(f"{text!r} takes the dense path, not the kernel: give more segments")
+    return case
 
 
 def source_at(revision: str, folder: Path) -> Path:
@@ -134,6 +151,12 @@ def main() -> None:
     parser.add_argument("--base", default="HEAD", help="the git revision to compare the working tree with")
     parser.add_argument("--turns", type=int, default=41, help="timed calls of each build per pass")
     parser.add_argument(
+        "--case",
+        type=parse_case,
+        action="append",
+        help="IN:OUT:N:SEGMENTS, a continuous layer to compare instead of the benchmark's (repeatable)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernel_ab.json"
     )
     args = parser.parse_args()
@@ -143,13 +166,13 @@ def main() -> None:
         except subprocess.CalledProcessError as error:
             parser.error(f"no kernel.cpp at {args.base!r}: {error.stderr.decode().strip()}")
         base = build(base_source)
-        compare_dense = takes_drop(base_source)
+        compare_dense = takes_drop(base_source) and not args.case
     work = build(ROOT / SOURCE)
     all_threads = torch.get_num_threads()
     measured = {
         dense: [
             measure(base, work, case, threads, args.turns, dense)
-            for case in real_cases(dense)
+            for case in (args.case if args.case and not dense else real_cases(dense))
             for threads in sorted({1, all_threads})
         ]
         for dense in (False, True)
@@ -162,7 +185,7 @@ def main() -> None:
     if compare_dense:
         print("the dense path's passes:")
         print(table(measured[True], DENSE_PASSES))
-    else:
+    elif not args.case:
         print(f"the dense path's passes not compared: at {args.base} they take no drop argument")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"base": args.base, "rows": measured[False], "dense_rows": measured.get(True, [])}

@@ -170,6 +170,20 @@ def test_kernel_ab_takes_each_paths_cases_and_the_committed_source(tmp_path):
     assert not kernel_ab.takes_drop(before)
 
 
+def test_kernel_ab_takes_kernel_cases_from_the_command_line(tmp_path):
+    assert kernel_ab.parse_case("250:250:2:8") == (250, 250, 2, 8)
+    for text, reason in [
+        ("250:250:2", "four positive whole numbers"),
+        ("250:250:x:8", "four positive whole numbers"),
+        ("250:0:2:8", "four positive whole numbers"),
+        ("250:250:2:2", "takes the dense path"),  # 3 weights per link: the dense path's
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            kernel_ab.parse_case(text)
+    last = refusal(tmp_path, "kernel_ab.py", "--case", "250:250:2:2")
+    assert last.startswith("kernel_ab.py: error: argument --case: '250:250:2:2' takes the dense path")
+
+
 def test_kernel_ab_refuses_an_unknown_revision(tmp_path):
     last = refusal(tmp_path, "kernel_ab.py", "--base", "no-such-rev")
     assert last.startswith("kernel_ab.py: error: no kernel.cpp at 'no-such-rev'")

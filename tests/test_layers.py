@@ -395,8 +395,9 @@ def test_a_small_kernel_call_leaves_torch_thread_count_alone():
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
-def test_kernel_results_do_not_depend_on_thread_count():
-    layer = make("continuous", 3, 64, inputs=40, outputs=70, path="kernel", dtype=torch.float32)
+@pytest.mark.parametrize(("n", "s"), [(3, 64), (2, 16)])  # (2, 16): dL/dx tiled over difference rows
+def test_kernel_results_do_not_depend_on_thread_count(n, s):
+    layer = make("continuous", n, s, inputs=40, outputs=70, path="kernel", dtype=torch.float32)
     x = (torch.rand(300, 40) * 2.2 - 1.1).requires_grad_()  # enough work for two threads
     results = []
     threads = torch.get_num_threads()
@@ -490,14 +491,16 @@ def test_kernel_results_do_not_depend_on_where_rows_start(outputs):
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize(
-    ("kind", "n", "s"), [("continuous", 2, 16), ("discontinuous", 3, 5), ("continuous", 7, 4)]
+    ("kind", "n", "s"),
+    [("continuous", 2, 16), ("discontinuous", 2, 8), ("discontinuous", 3, 5), ("continuous", 7, 4)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("outputs", [5, 32, 37, 83])
 @pytest.mark.parametrize("rows", [9, 53])
 def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype, outputs, rows):
     # Outputs: fewer than one vector, whole vectors (rows used in place), whole vectors plus a part (rows
-    # padded), and 83 (blocks of two widths in the tiled passes); n = 7 takes the kernels' run-time-n code.
+    # padded), and 83 (blocks of two widths in the tiled passes); n = 7 takes the kernels' run-time-n code,
+    # n = 2 the difference rows of dL/dx (continuous: neighbouring rows; discontinuous: rows 2j and 2j + 1).
     # 9 rows take the bucketed passes, 53 the tiled ones (at least a table's K rows per input): buckets of
     # every size, some empty, odd counts for the multi-sample loops and a part-filled last group of rows.
     layer = make(kind, n, s, inputs=6, outputs=outputs, path="kernel", dtype=dtype, initialization="uniform")

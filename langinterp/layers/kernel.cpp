@@ -421,13 +421,20 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int
 // Tiled passes, for batches (forward and dL/dx). The bucketed passes below read and write a whole output row,
 // or read a row of dL/dy, per sample and input, in bucket order, from L2: at training batch sizes that
 // traffic, not the arithmetic, sets their time. The tiled passes hold a slice of the weight table in L1
-// instead: a few inputs' K rows over one block of output columns, copied once per call (per thread) into
-// an aligned, zero-padded scratch slice. The thread's samples then stream past it in order, each picking
-// its rows of the slice by segment: a sample's block of y stays in registers across the slice's inputs
-// (forward), its block of dL/dy is read once for all of them (dL/dx). Copying the slices reads the whole
-// table, so small batches keep the bucketed passes: below about as many rows as the table has per input
-// (K), the copying costs more than the tiles save (measured with K = 17, 33 and 129).
+// instead: a few inputs' K rows (for dL/dx at n = 2, their difference rows) over one block of output columns,
+// copied once per call (per thread) into an aligned, zero-padded scratch slice. The thread's samples then
+// stream past it in order, each picking its rows of the slice by segment: a sample's block of y stays in
+// registers across the slice's inputs (forward), its block of dL/dy is read once for all of them (dL/dx).
+// Copying the slices reads the whole table, so small batches keep the bucketed passes: below about as many
+// rows as the table has per input (K), the copying costs more than the tiles save (measured with K = 17, 33
+// and 129).
 inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
+
+// dL/dx at n = 2 takes the tiled pass (over difference rows) up to this many segments and the bucketed pass
+// beyond. Against the bucketed pass (`benchmarks/kernel_ab.py --case`, batch 1024, 1 and 2 threads, two
+// runs) the tiled one took 0.75-0.78 of its time with 8 segments and 0.81-0.99 with 16; with 32, 0.87-0.92
+// on one thread but 1.01-1.17 on two for 250 inputs and outputs (each thread copies the whole table).
+constexpr int kDifferenceTilesUpTo = 16;
 
 // A thread's rows go through a tiled pass in equal chunks of at most this many (each copying the table
 // again), so that its scratch (the located inputs of one slice: inputs * (n + 1) values per row) stays small
@@ -488,17 +495,20 @@ struct Columns {
     }
 };
 
-// Rows of inputs i0 .. i0 + count over output columns c0 .. c0 + width into slice [count][K][pitch], zeros
-// past O. The pitch is the widest block's, so that a sample's offset into the slice is the same for every
-// block.
-template <typename T>
-void pack_slice(const T* W, int K, int O, int i0, int count, int c0, int width, int pitch, T* slice) {
+// Rows of inputs i0 .. i0 + count over output columns c0 .. c0 + width into slice [count][R][pitch], zeros
+// past O: the table's R = K rows per input or, with Difference (dL/dx at n = 2), its R = s difference rows
+// W[j * stride + 1] - W[j * stride], one per segment (the two basis derivatives are exactly opposite, so one
+// dot product with dL/dy gives a sample's dL/dx). The pitch is the widest block's, so that a sample's offset
+// into the slice is the same for every block.
+template <bool Difference, typename T>
+void pack_slice(const T* W, int K, int O, int R, int stride, int i0, int count, int c0, int width, int pitch,
+                T* slice) {
     const int valid = O - c0 < width ? O - c0 : width;
     for (int e = 0; e < count; ++e)
-        for (int j = 0; j < K; ++j) {
-            T* to = slice + (int64_t(e) * K + j) * pitch;
-            const T* row = W + (int64_t(i0 + e) * K + j) * O + c0;
-            for (int l = 0; l < valid; ++l) to[l] = row[l];
+        for (int j = 0; j < R; ++j) {
+            T* to = slice + (int64_t(e) * R + j) * pitch;
+            const T* row = W + (int64_t(i0 + e) * K + int64_t(j) * (Difference ? stride : 1)) * O + c0;
+            for (int l = 0; l < valid; ++l) to[l] = Difference ? row[O + l] - row[l] : row[l];
             for (int l = valid; l < width; ++l) to[l] = 0;
         }
 }
@@ -575,7 +585,7 @@ void forward_tiled(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_
         col.fill(basis, xt, rows, r0, i0, m, s, stride, K, pitch, false);
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
-            pack_slice(W, K, O, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            pack_slice<false>(W, K, O, K, 1, i0, m, b.c0, b.nv * VL, pitch, slice.get());
             switch (n) {
                 case 1: forward_tile_any<T, 1>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
                 case 2: forward_tile_any<T, 2>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
@@ -720,7 +730,9 @@ inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
 
 // dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, a vector's worth of
 // samples at a time, so that their sums reduce together (lane_sums) and land as one vector in dxT's row.
-// `first` (the first block) writes, the others add.
+// `first` (the first block) writes, the others add. For n = 2 the slice holds difference rows (pack_slice):
+// dxT (+)= dphi_1 <W[j * stride + 1] - W[j * stride], dy_r>, one multiply-add per vector where the general
+// form takes n + 1.
 template <typename T, int N, int NV>
 void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, const T* dy, int ld,
                      int c0, bool first, T* dxT, int64_t all_rows) {
@@ -741,13 +753,17 @@ void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice,
                 V sum[2] = {V{}, V{}};  // even and odd vectors apart: shorter chains of multiply-adds
                 for (int v = 0; v < NV; ++v) {
                     V w = V{};
-                    for (int k = 0; k < n; ++k)
-                        w += coef[k * rows + uu] * *reinterpret_cast<const V*>(base + k * pitch + v * VL);
+                    if constexpr (N == 2)
+                        w = *reinterpret_cast<const V*>(base + v * VL);
+                    else
+                        for (int k = 0; k < n; ++k)
+                            w += coef[k * rows + uu] * *reinterpret_cast<const V*>(base + k * pitch + v * VL);
                     sum[v & 1] += w * *reinterpret_cast<const V*>(g + v * VL);
                 }
                 acc[u] = sum[0] + sum[1];
             }
-            const V d = lane_sums<T>(acc);
+            V d = lane_sums<T>(acc);
+            if constexpr (N == 2) d *= load_part<T>(coef + rows, m);  // dphi_1 of the group's samples
             T* out = dxT + e * all_rows + r;
             if (m == VL) {
                 V* to = reinterpret_cast<V*>(out);
@@ -777,23 +793,30 @@ template <typename T>
 void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* dy, T* dxT, int64_t rows, int64_t r0,
                       int64_t r1, int I, int O, int ld, int n, int s, int stride, int K) {
     constexpr int VL = Vec<T, 64>::width;
+    // n = 2 reads one difference row per segment (pack_slice), other n the table's K rows per input.
+    const bool difference = n == 2;
+    const int per_input = difference ? s : K;
     // A smaller slice than the forward pass's: a vector's worth of dL/dy rows shares L1 with it.
-    const Tiling tiling = plan_tiling<T>(K, ld, 8, 20 * 1024);
+    const Tiling tiling = plan_tiling<T>(per_input, ld, 8, 20 * 1024);
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
     const int pitch = tiling.nv * VL;
     Columns<T> col(r1 - r0, n, tiling.inputs);
-    const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * K * pitch);
+    const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * per_input * pitch);
     const T* g = dy + r0 * ld;
     for (int i0 = 0; i0 < I; i0 += tiling.inputs) {
         const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
-        col.fill(basis, xt, rows, r0, i0, m, s, stride, K, pitch, true);
+        col.fill(basis, xt, rows, r0, i0, m, s, difference ? 1 : stride, per_input, pitch, true);
         T* out = dxT + int64_t(i0) * rows + r0;
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
-            pack_slice(W, K, O, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            if (difference)
+                pack_slice<true>(W, K, O, s, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            else
+                pack_slice<false>(W, K, O, K, 1, i0, m, b.c0, b.nv * VL, pitch, slice.get());
             switch (n) {
                 case 1: grad_input_tile_any<T, 1>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
+                case 2: grad_input_tile_any<T, 2>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
                 case 3: grad_input_tile_any<T, 3>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
                 case 4: grad_input_tile_any<T, 4>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
                 case 5: grad_input_tile_any<T, 5>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
@@ -849,17 +872,17 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
 // dL/dx into dxT [I, rows], then transposed into dx [rows, I]: for a sample in segment j of input i,
 // dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
 // dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
-// dphi_1, replaces two: half the multiply-adds and weight loads; the bucketed pass does that, and with it
-// was as fast as the tiled pass at batch 1024 (faster with 128 segments), so n = 2 always takes it. For
-// other n, batches of at least K rows take the tiled pass (threads own rows), smaller ones the bucketed
-// pass (threads own inputs); either way each dx is summed in an order that does not depend on the number
-// of threads.
+// dphi_1, replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2 (the tiled one
+// over a slice of difference rows). Batches of at least K rows take the tiled pass (threads own rows),
+// smaller ones the bucketed pass (threads own inputs), except that n = 2 with more than
+// kDifferenceTilesUpTo segments keeps the bucketed pass, which the tiled one did not beat there; either way
+// each dx is summed in an order that does not depend on the number of threads.
 template <typename T>
 void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
     const Basis<T> basis(n);
     const int ld = padded_width<T>(O);
-    const bool tiled = n != 2 && use_tiles(rows, K);
+    const bool tiled = (n != 2 || s <= kDifferenceTilesUpTo) && use_tiles(rows, K);
     Padded<T> g(const_cast<T*>(dy), rows, O);
 #pragma omp parallel num_threads(tiled ? tiled_team(rows, K) : omp_get_max_threads())
     {
