@@ -60,7 +60,7 @@ def test_paths_row_reports_each_path_and_the_automatic_choice(kind, n, segments)
     # Batch 1024, 128 inputs and outputs: 2^24 multiply-adds per column, enough for the reduced basis, and
     # enough rows and inputs for the kink basis.
     dense = "kinks" if kinks and segments <= 2 else "reduced"
-    assert row["auto"] == (dense if dense_pays(K - 1, n, on_kernel=True) else "kernel")
+    assert row["auto"] == (dense if dense_pays(K - 1, n, on_kernel=True, reduced=True) else "kernel")
     shown = paths.table([row])
     ratios = " | ".join(
         "-" if row[f"{path}_ratio"] is None else f"{row[f'{path}_ratio']:.2f}" for path in paths.PATHS

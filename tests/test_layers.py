@@ -178,8 +178,9 @@ def test_choose_path_by_weights_per_link():
     [
         ("continuous", 2, 1, "kinks", "kinks"),  # n = 2, at most 2 segments, a large call: kink basis
         ("continuous", 2, 3, "reduced", "dense"),  # K = 4 = 2n
-        ("continuous", 2, 4, "reduced", "dense"),  # K = 5: past 2n, but the reduced basis has K - 1 = 2n
-        ("continuous", 2, 5, "kernel", "dense"),  # K - 1 = 5 > 2n, K within 4n
+        ("continuous", 2, 4, "kernel", "dense"),  # K = 5 > 2n, K - 1 = 2n > 2n - 1, K within 4n
+        ("continuous", 4, 2, "reduced", "dense"),  # K = 7 <= 2n
+        ("continuous", 3, 3, "kernel", "dense"),  # K - 1 = 6 = 2n > 2n - 1
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
         ("continuous", 5, 2, "reduced", "dense"),  # K = 9 <= 2n
         ("discontinuous", 2, 2, "reduced", "dense"),  # K = 4 = 2n
@@ -190,8 +191,8 @@ def test_choose_path_by_weights_per_link():
 )
 def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
     """Against the compiled kernel dense is taken up to K = max(2n, 3), and the reduced basis (large calls)
-    up to K - 1 = max(2n, 3) (benchmarks/paths.py); against the gather path (meta tensors, bf16, no compiler
-    here) dense is taken up to K = 4n."""
+    up to K - 1 = max(2n - 1, 3) (benchmarks/paths.py); against the gather path (meta tensors, bf16, no
+    compiler here) dense is taken up to K = 4n."""
     layer = HighOrderLinear(128, 128, n, segments, kind=kind)
     x = torch.zeros(1024, 128)  # large enough for the reduced basis
     if layer_kernel.available():
