@@ -496,19 +496,24 @@ struct Columns {
 };
 
 // Rows of inputs i0 .. i0 + count over output columns c0 .. c0 + width into slice [count][R][pitch], zeros
-// past O: the table's R = K rows per input or, with Difference (dL/dx at n = 2), its R = s difference rows
-// W[j * stride + 1] - W[j * stride], one per segment (the two basis derivatives are exactly opposite, so one
-// dot product with dL/dy gives a sample's dL/dx). The pitch is the widest block's, so that a sample's offset
-// into the slice is the same for every block.
+// past O: the table's R = K rows per input or, with Difference (dL/dx, n >= 2), its R = s (n - 1) difference
+// rows, W[j * stride + k] - W[j * stride] for each segment j and node k >= 1 at row j (n - 1) + k - 1. A
+// link's basis derivatives sum to zero (its basis values sum to one), so sum_k dphi_k W_k =
+// sum_{k >= 1} dphi_k (W_k - W_0): n - 1 rows where the table has n. The pitch is the widest block's, so that
+// a sample's offset into the slice is the same for every block.
 template <bool Difference, typename T>
-void pack_slice(const T* W, int K, int O, int R, int stride, int i0, int count, int c0, int width, int pitch,
-                T* slice) {
+void pack_slice(const T* W, int K, int O, int s, int n, int stride, int i0, int count, int c0, int width,
+                int pitch, T* slice) {
     const int valid = O - c0 < width ? O - c0 : width;
+    const int R = Difference ? s * (n - 1) : K;
     for (int e = 0; e < count; ++e)
         for (int j = 0; j < R; ++j) {
             T* to = slice + (int64_t(e) * R + j) * pitch;
-            const T* row = W + (int64_t(i0 + e) * K + int64_t(j) * (Difference ? stride : 1)) * O + c0;
-            for (int l = 0; l < valid; ++l) to[l] = Difference ? row[O + l] - row[l] : row[l];
+            // Difference: segment j / (n - 1), node j % (n - 1) + 1 (n >= 2).
+            const int64_t first = Difference ? int64_t(j / (n - 1)) * stride : j;
+            const int64_t ahead = Difference ? int64_t(j % (n - 1) + 1) * O : 0;
+            const T* row = W + (int64_t(i0 + e) * K + first) * O + c0;
+            for (int l = 0; l < valid; ++l) to[l] = Difference ? row[ahead + l] - row[l] : row[l];
             for (int l = valid; l < width; ++l) to[l] = 0;
         }
 }
@@ -585,7 +590,7 @@ void forward_tiled(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_
         col.fill(basis, xt, rows, r0, i0, m, s, stride, K, pitch, false);
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
-            pack_slice<false>(W, K, O, K, 1, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            pack_slice<false>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
             switch (n) {
                 case 1: forward_tile_any<T, 1>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
                 case 2: forward_tile_any<T, 2>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
@@ -730,9 +735,9 @@ inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
 
 // dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, a vector's worth of
 // samples at a time, so that their sums reduce together (lane_sums) and land as one vector in dxT's row.
-// `first` (the first block) writes, the others add. For n = 2 the slice holds difference rows (pack_slice):
-// dxT (+)= dphi_1 <W[j * stride + 1] - W[j * stride], dy_r>, one multiply-add per vector where the general
-// form takes n + 1.
+// `first` (the first block) writes, the others add. For n >= 2 the slice holds n - 1 difference rows per
+// segment (pack_slice), D_k = W[j * stride + k] - W[j * stride]: dxT (+)= <sum_{k >= 1} dphi_k D_k, dy_r>,
+// and for n = 2 dphi_1 <D_1, dy_r>, one multiply-add per vector; for n = 1 the table's rows (dphi_0 = 0).
 template <typename T, int N, int NV>
 void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, const T* dy, int ld,
                      int c0, bool first, T* dxT, int64_t all_rows) {
@@ -755,9 +760,11 @@ void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice,
                     V w = V{};
                     if constexpr (N == 2)
                         w = *reinterpret_cast<const V*>(base + v * VL);
+                    else if constexpr (N == 1)
+                        w = coef[uu] * *reinterpret_cast<const V*>(base + v * VL);
                     else
-                        for (int k = 0; k < n; ++k)
-                            w += coef[k * rows + uu] * *reinterpret_cast<const V*>(base + k * pitch + v * VL);
+                        for (int k = 1; k < n; ++k)
+                            w += coef[k * rows + uu] * *reinterpret_cast<const V*>(base + (k - 1) * pitch + v * VL);
                     sum[v & 1] += w * *reinterpret_cast<const V*>(g + v * VL);
                 }
                 acc[u] = sum[0] + sum[1];
@@ -793,9 +800,9 @@ template <typename T>
 void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* dy, T* dxT, int64_t rows, int64_t r0,
                       int64_t r1, int I, int O, int ld, int n, int s, int stride, int K) {
     constexpr int VL = Vec<T, 64>::width;
-    // n = 2 reads one difference row per segment (pack_slice), other n the table's K rows per input.
-    const bool difference = n == 2;
-    const int per_input = difference ? s : K;
+    // n >= 2 reads n - 1 difference rows per segment (pack_slice), n = 1 the table's K rows per input.
+    const bool difference = n >= 2;
+    const int per_input = difference ? s * (n - 1) : K;
     // A smaller slice than the forward pass's: a vector's worth of dL/dy rows shares L1 with it.
     const Tiling tiling = plan_tiling<T>(per_input, ld, 8, 20 * 1024);
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
@@ -806,14 +813,14 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
     const T* g = dy + r0 * ld;
     for (int i0 = 0; i0 < I; i0 += tiling.inputs) {
         const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
-        col.fill(basis, xt, rows, r0, i0, m, s, difference ? 1 : stride, per_input, pitch, true);
+        col.fill(basis, xt, rows, r0, i0, m, s, difference ? n - 1 : stride, per_input, pitch, true);
         T* out = dxT + int64_t(i0) * rows + r0;
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
             if (difference)
-                pack_slice<true>(W, K, O, s, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+                pack_slice<true>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
             else
-                pack_slice<false>(W, K, O, K, 1, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+                pack_slice<false>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
             switch (n) {
                 case 1: grad_input_tile_any<T, 1>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
                 case 2: grad_input_tile_any<T, 2>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
