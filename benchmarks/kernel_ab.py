@@ -5,18 +5,18 @@
 On a shared machine whose speed moves by up to 2x between runs, two runs of benchmarks/layers.py cannot
 tell a 10% change in the kernel from a change in the load. This script builds langinterp/layers/kernel.cpp
 as committed at --base (default HEAD) and as it is in the working tree, loads both into this one process
-and, for each case of benchmarks/layers.py that takes the kernel (more than max(2n, 3) weights per link;
-the layer over codes runs the same forward pass and dL/dW as "input real"), calls each pass (forward,
-dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, with one thread and with
-all threads; and likewise the two passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for
-the cases that take it. --case replaces the kernel's cases by the continuous layers given (for instance
-250:250:2:8), and then the dense passes are not compared. It reports the median time of each build, the
-median of the turn-by-turn ratios (working tree / base: below 1 is faster) and the largest difference
-between the two builds' results relative to the largest entry (0 when both compute the same sums in the
-same order). The dense passes are compared only when the base's take the reduced basis's ``drop`` argument
-too (from the commit that added it on), as the working tree's calls pass it. Prints a table per path;
-writes JSON {"rows": [...], "dense_rows": [...]} to --out (default benchmarks/results/kernel_ab.json).
-"""
+and, for each case of benchmarks/layers.py that takes the kernel (more than max(floor(1.5n), 3) + 1
+weights per link; the layer over codes runs the same forward pass and dL/dW as "input real"), calls each
+pass (forward, dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, with one
+thread and with all threads; and likewise the two passes of the dense path (the basis matrix, dL/dx from
+dL/dbasis) for the cases that take it. --case replaces the kernel's cases by the continuous layers given
+(for instance 250:250:2:8), and then the dense passes are not compared. It reports the median time of each
+build, the median of the turn-by-turn ratios (working tree / base: below 1 is faster) and the largest
+difference between the two builds' results relative to the largest entry (0 when both compute the same
+sums in the same order). The dense passes are compared only when the base's take the reduced basis's
+``drop`` argument too (from the commit that added it on), as the working tree's calls pass it. Prints a
+table per path; writes JSON {"rows": [...], "dense_rows": [...]} to --out (default
+benchmarks/results/kernel_ab.json)."""
 
 import argparse
 import ctypes
@@ -40,19 +40,24 @@ PASSES = ("forward", "grad_weight", "grad_input")
 DENSE_PASSES = ("dense_basis", "dense_grad_input")
 
 
+def takes_kernel(n: int, segments: int) -> bool:
+    """Whether a continuous layer takes the kernel on the layer benchmark's calls, large enough for the
+    reduced basis (which is the dense path's matmul on one column fewer, so its passes are the dense ones)."""
+    return not dense_pays(weights_per_link("continuous", n, segments) - 1, n, on_kernel=True, reduced=True)
+
+
 def real_cases(dense: bool) -> list[tuple[int, int, int, int]]:
-    """(in, out, n, segments) of the layer benchmark's cases on real inputs that take the dense path (dense)
-    or the kernel (not dense)."""
+    """(in, out, n, segments) of the layer benchmark's cases on real inputs that take the dense path or the
+    reduced basis (dense) or the kernel (not dense)."""
     return [
         (inputs, outputs, n, segments)
         for name, inputs, outputs, n, segments in CASES
-        if name != "input codes"
-        and dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True) == dense
+        if name != "input codes" and takes_kernel(n, segments) != dense
     ]
 
 
 def parse_case(text: str) -> tuple[int, int, int, int]:
-    """IN:OUT:N:SEGMENTS, a continuous layer on the kernel (more than max(2n, 3) weights per link)."""
+    """IN:OUT:N:SEGMENTS, a continuous layer that takes the kernel at batch 1024 (``takes_kernel``)."""
     try:
         case = tuple(int(part) for part in text.split(":"))
     except ValueError:
@@ -61,8 +66,7 @@ def parse_case(text: str) -> tuple[int, int, int, int]:
         raise argparse.ArgumentTypeError(
             f"expected IN:OUT:N:SEGMENTS, four positive whole numbers, got {text!r}"
         )
-    n, segments = case[2:]
-    if dense_pays(weights_per_link("continuous", n, segments), n, on_kernel=True):
+    if not takes_kernel(*case[2:]):
         raise argparse.ArgumentTypeError(f"{text!r} takes the dense path, not the kernel: give more segments")
     return case
 

@@ -178,11 +178,13 @@ def test_choose_path_by_weights_per_link():
     [
         ("continuous", 2, 1, "kinks", "kinks"),  # n = 2, at most 2 segments, a large call: kink basis
         ("continuous", 2, 3, "reduced", "dense"),  # K = 4 = 2n
-        ("continuous", 2, 4, "kernel", "dense"),  # K = 5 > 2n, K - 1 = 2n > 2n - 1, K within 4n
-        ("continuous", 4, 2, "reduced", "dense"),  # K = 7 <= 2n
-        ("continuous", 3, 3, "kernel", "dense"),  # K - 1 = 6 = 2n > 2n - 1
+        ("continuous", 2, 4, "kernel", "dense"),  # K = 5 > 2n, K - 1 = 4 > 1.5n, K within 4n
+        ("continuous", 4, 2, "reduced", "dense"),  # K - 1 = 6 = 1.5n
+        ("continuous", 3, 3, "kernel", "dense"),  # K - 1 = 6 > 1.5n
         ("continuous", 2, 8, "kernel", "gather"),  # K = 9 > 4n
-        ("continuous", 5, 2, "reduced", "dense"),  # K = 9 <= 2n
+        ("continuous", 5, 2, "kernel", "dense"),  # K - 1 = 8 > 1.5n, K = 9 <= 2n
+        ("continuous", 3, 2, "reduced", "dense"),  # K - 1 = 4 <= 1.5n
+        ("discontinuous", 3, 2, "kernel", "dense"),  # K - 1 = 5 > 1.5n, K = 6 <= 2n
         ("discontinuous", 2, 2, "reduced", "dense"),  # K = 4 = 2n
         ("continuous", 3, 4, "kernel", "dense"),  # K - 1 = 8 > 2n
         ("discontinuous", 1, 4, "reduced", "dense"),  # n = 1: dense up to 3 columns, K - 1 = 3
@@ -191,8 +193,8 @@ def test_choose_path_by_weights_per_link():
 )
 def test_dense_path_limit_depends_on_what_else_runs(kind, n, segments, with_kernel, elsewhere):
     """Against the compiled kernel dense is taken up to K = max(2n, 3), and the reduced basis (large calls)
-    up to K - 1 = max(2n - 1, 3) (benchmarks/paths.py); against the gather path (meta tensors, bf16, no
-    compiler here) dense is taken up to K = 4n."""
+    up to K - 1 = max(floor(1.5n), 3) (benchmarks/paths.py); against the gather path (meta tensors, bf16,
+    no compiler here) dense is taken up to K = 4n."""
     layer = HighOrderLinear(128, 128, n, segments, kind=kind)
     x = torch.zeros(1024, 128)  # large enough for the reduced basis
     if layer_kernel.available():

@@ -25,12 +25,13 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   column fewer per input, that column's weight folded into a bias (reduced.py; a link's basis values sum
   to one), K - 1 columns per input instead of K. With n = 2 and 2 segments exactly the multiply-adds of
   Linear(in*n -> out). In benchmarks/paths.py it was faster than dense in every case (1.44-2.03x the
-  Linear where dense took 1.82-2.28x, up to K/n = 2), and faster than the kernel up to K - 1 = 2n - 1
-  (n = 4 with 2 segments: 1.82-1.85x against 2.02-2.17x) but slower at K - 1 = 2n (n = 2 with 4 segments,
-  2.26-2.42x against 1.62-2.26x; n = 3 with 3, 2.33-2.37x against 2.16-2.20x), so it is taken up to
-  K - 1 = max(2n - 1, 3) (n = 1: 3 columns, where it ties with the kernel). It converts the weights on
-  every call, so small calls (generation) keep the plain dense path; on CUDA the Triton dense path stays
-  (not timed).
+  Linear where dense took 1.82-2.28x, up to K/n = 2). Against the kernel (since its difference rows in
+  dL/dx) it is faster up to K - 1 = 1.5n (n = 3 with 2 segments: 1.62-1.63x against 1.94-2.00x; n = 4 with
+  2, 1.80-1.85x against 1.84-1.89x), ties just above (discontinuous n = 3 with 2 segments, K - 1 = 5:
+  1.97-2.00x against 1.98-2.01x) and is slower beyond (n = 5 with 2 segments, K - 1 = 1.6n: 1.88-1.94x
+  against 1.73-1.84x; n = 2 with 4, n = 3 with 3), so it is taken up to K - 1 = max(floor(1.5n), 3)
+  (n = 1: 3 columns, where it ties with the kernel). It converts the weights on every call, so small calls
+  (generation) keep the plain dense path; on CUDA the Triton dense path stays (not timed).
 - ``kinks`` instead of both for a continuous layer with n = 2 and at most 2 segments (kinks.py), on calls
   of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function as a
   Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, as on the reduced basis) plus a
@@ -73,8 +74,9 @@ def dense_pays(columns: int, n: int, on_kernel: bool, reduced: bool = False) -> 
     """Whether the dense path is the faster one for ``columns`` basis columns per input (K, or K - 1 on the
     reduced basis: ``reduced``) and n nodes, against the compiled kernel (``on_kernel``) or the other paths
     (see the module docstring for the measurements)."""
-    limit = max(2 * n - reduced, 3) if on_kernel else DENSE_RATIO * n
-    return columns <= limit
+    if not on_kernel:
+        return columns <= DENSE_RATIO * n
+    return columns <= max(3 * n // 2 if reduced else 2 * n, 3)
 
 
 def kinks_pay(x: Tensor) -> bool:
