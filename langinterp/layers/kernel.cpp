@@ -431,10 +431,12 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int
 inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
 
 // dL/dx at n = 2 takes the tiled pass (over difference rows) up to this many segments and the bucketed pass
-// beyond. Against the bucketed pass (`benchmarks/kernel_ab.py --case`, batch 1024, 1 and 2 threads, two
-// runs) the tiled one took 0.75-0.78 of its time with 8 segments and 0.81-0.99 with 16; with 32, 0.87-0.92
-// on one thread but 1.01-1.17 on two for 250 inputs and outputs (each thread copies the whole table).
-constexpr int kDifferenceTilesUpTo = 16;
+// beyond. Against the bucketed pass (`benchmarks/kernel_ab.py --case`, batch 1024, 1 and 2 threads) the
+// tiled one took 0.75-0.78 of its time with 8 segments and 0.81-0.99 with 16 (two runs); with 32,
+// 0.94-0.98 for 250 inputs and outputs and 0.76-0.78 for 128 (two runs, once its threads shared out the
+// slices instead of the rows: sharing rows, each thread copied the whole table and two threads measured
+// 1.01-1.17); with 64 and 128 segments 1.20-1.28 (one run).
+constexpr int kDifferenceTilesUpTo = 32;
 
 // A thread's rows go through a tiled pass in equal chunks of at most this many (each copying the table
 // again), so that its scratch (the located inputs of one slice: inputs * (n + 1) values per row) stays small
@@ -811,7 +813,12 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
     Columns<T> col(r1 - r0, n, tiling.inputs);
     const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * per_input * pitch);
     const T* g = dy + r0 * ld;
-    for (int i0 = 0; i0 < I; i0 += tiling.inputs) {
+    // Called by every thread of the team on the same rows: the slices are shared out, so each thread copies
+    // only its share of the table (a sample's dL/dx of one input needs no other input's rows).
+    const int slices = (I + tiling.inputs - 1) / tiling.inputs;
+#pragma omp for schedule(dynamic, 1)
+    for (int q = 0; q < slices; ++q) {
+        const int i0 = q * tiling.inputs;
         const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
         col.fill(basis, xt, rows, r0, i0, m, s, difference ? n - 1 : stride, per_input, pitch, true);
         T* out = dxT + int64_t(i0) * rows + r0;
@@ -880,7 +887,7 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
 // dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
 // dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
 // dphi_1, replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2 (the tiled one
-// over a slice of difference rows). Batches of at least K rows take the tiled pass (threads own rows),
+// over a slice of difference rows). Batches of at least K rows take the tiled pass (threads own slices of inputs),
 // smaller ones the bucketed pass (threads own inputs), except that n = 2 with more than
 // kDifferenceTilesUpTo segments keeps the bucketed pass, which the tiled one did not beat there; either way
 // each dx is summed in an order that does not depend on the number of threads.
@@ -898,13 +905,10 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
         if (tiled) {
-            const int threads = omp_get_num_threads(), id = omp_get_thread_num();
-            const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
-            for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
-                const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
+            for (int64_t q = 0, chunks = chunk_count(0, rows); q < chunks; ++q) {
+                const int64_t c = chunk_start(0, rows, q, chunks), c1 = chunk_start(0, rows, q + 1, chunks);
                 grad_input_tiled(basis, xt, W, g.rows, dxT, rows, c, c1, I, O, ld, n, s, stride, K);
             }
-#pragma omp barrier
         } else {
             grad_input_bucketed(basis, xt, W, g.rows, dxT, rows, I, O, ld, n, s, stride, K);
         }
