@@ -3,10 +3,10 @@
 // A layer with I inputs, O outputs, n nodes per segment and s segments keeps its weights as a table
 // W[I*K, O] (row i*K + node). For every sample r and input i only n rows are active: those of the segment
 // that holds x[r, i]. Each entry point makes one pass over the active rows, so time and memory are those of
-// a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table, once per
-// thread and every 4096 rows or fewer, and only when each thread has at least K rows: no more work than a
-// Linear(I -> O) pass over them). No torch headers: the file compiles in about two seconds and is called
-// through ctypes.
+// a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table every 4096
+// rows or fewer, the forward pass once per thread, and only when each thread has at least K rows: no more
+// work than a Linear(I -> O) pass over them). No torch headers: the file compiles in about two seconds and
+// is called through ctypes.
 #include <omp.h>
 
 #include <cmath>
@@ -421,10 +421,12 @@ void forward_any(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, int
 // Tiled passes, for batches (forward and dL/dx). The bucketed passes below read and write a whole output row,
 // or read a row of dL/dy, per sample and input, in bucket order, from L2: at training batch sizes that
 // traffic, not the arithmetic, sets their time. The tiled passes hold a slice of the weight table in L1
-// instead: a few inputs' K rows (for dL/dx at n = 2, their difference rows) over one block of output columns,
-// copied once per call (per thread) into an aligned, zero-padded scratch slice. The thread's samples then
-// stream past it in order, each picking its rows of the slice by segment: a sample's block of y stays in
-// registers across the slice's inputs (forward), its block of dL/dy is read once for all of them (dL/dx).
+// instead: a few inputs' K rows (for dL/dx, n >= 2, the n - 1 differences of each segment's rows with its
+// first) over one block of output columns, copied into an aligned, zero-padded scratch slice once per call,
+// by every thread in the forward pass (threads own rows) and by one in dL/dx (threads own slices). The
+// samples then stream past it in order, each picking its rows of the slice by segment: a sample's block of y
+// stays in registers across the slice's inputs (forward), its block of dL/dy is read once for all of them
+// (dL/dx).
 // Copying the slices reads the whole table, so small batches keep the bucketed passes: below about as many
 // rows as the table has per input (K), the copying costs more than the tiles save (measured with K = 17, 33
 // and 129).
@@ -438,9 +440,9 @@ inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
 // 1.01-1.17); with 64 and 128 segments 1.20-1.28 (one run).
 constexpr int kDifferenceTilesUpTo = 32;
 
-// A thread's rows go through a tiled pass in equal chunks of at most this many (each copying the table
-// again), so that its scratch (the located inputs of one slice: inputs * (n + 1) values per row) stays small
-// however large the batch.
+// A tiled pass takes its rows (a thread's in the forward pass, all of them in dL/dx) in equal chunks of at
+// most this many (each copying the table again), so that the scratch (the located inputs of one slice:
+// inputs * (n + 1) values per row) stays small however large the batch.
 constexpr int64_t kTiledRows = 4096;
 
 // Chunk q of `chunks` of the rows r0 .. r1.
@@ -886,11 +888,12 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
 // dL/dx into dxT [I, rows], then transposed into dx [rows, I]: for a sample in segment j of input i,
 // dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
 // dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
-// dphi_1, replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2 (the tiled one
-// over a slice of difference rows). Batches of at least K rows take the tiled pass (threads own slices of inputs),
-// smaller ones the bucketed pass (threads own inputs), except that n = 2 with more than
-// kDifferenceTilesUpTo segments keeps the bucketed pass, which the tiled one did not beat there; either way
-// each dx is summed in an order that does not depend on the number of threads.
+// dphi_1, replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2; the tiled one
+// reads, for every n >= 2, the n - 1 differences of a segment's rows with its first (pack_slice). Batches of at
+// least K rows take the tiled pass (threads own slices of inputs), smaller ones the bucketed pass (threads own
+// inputs), except that n = 2 with more than kDifferenceTilesUpTo segments keeps the bucketed pass, which the
+// tiled one did not beat there; either way each dx is summed in an order that does not depend on the number
+// of threads.
 template <typename T>
 void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
