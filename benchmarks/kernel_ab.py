@@ -176,7 +176,7 @@ def main() -> None:
     measured = {
         dense: [
             measure(base, work, case, threads, args.turns, dense)
-            for case in (args.case if args.case and not dense else real_cases(dense))
+            for case in args.case or real_cases(dense)  # --case leaves out the dense passes
             for threads in sorted({1, all_threads})
         ]
         for dense in (False, True)
