@@ -186,7 +186,7 @@ def test_choose_path_by_weights_per_link():
         ("continuous", 3, 2, "reduced", "dense"),  # K - 1 = 4 <= 1.5n
         ("discontinuous", 3, 2, "kernel", "dense"),  # K - 1 = 5 > 1.5n, K = 6 <= 2n
         ("discontinuous", 2, 2, "reduced", "dense"),  # K = 4 = 2n
-        ("continuous", 3, 4, "kernel", "dense"),  # K - 1 = 8 > 2n
+        ("continuous", 3, 4, "kernel", "dense"),  # K - 1 = 8 > 1.5n
         ("discontinuous", 1, 4, "reduced", "dense"),  # n = 1: dense up to 3 columns, K - 1 = 3
         ("discontinuous", 1, 5, "kernel", "gather"),
     ],
