@@ -5,18 +5,19 @@
 On a shared machine whose speed moves by up to 2x between runs, two runs of benchmarks/layers.py cannot
 tell a 10% change in the kernel from a change in the load. This script builds langinterp/layers/kernel.cpp
 as committed at --base (default HEAD) and as it is in the working tree, loads both into this one process
-and, for each case of benchmarks/layers.py that takes the kernel (more than max(floor(1.5n), 3) + 1
-weights per link; the layer over codes runs the same forward pass and dL/dW as "input real"), calls each
-pass (forward, dL/dW, dL/dx) of the two builds alternately on the same tensors at batch 1024, with one
-thread and with all threads; and likewise the two passes of the dense path (the basis matrix, dL/dx from
-dL/dbasis) for the cases that take it. --case replaces the kernel's cases by the continuous layers given
-(for instance 250:250:2:8), and then the dense passes are not compared. It reports the median time of each
-build, the median of the turn-by-turn ratios (working tree / base: below 1 is faster) and the largest
-difference between the two builds' results relative to the largest entry (0 when both compute the same
-sums in the same order). The dense passes are compared only when the base's take the reduced basis's
-``drop`` argument too (from the commit that added it on), as the working tree's calls pass it. Prints a
-table per path; writes JSON {"rows": [...], "dense_rows": [...]} to --out (default
-benchmarks/results/kernel_ab.json)."""
+and, for each case of benchmarks/layers.py on real inputs that takes the kernel (more than
+max(floor(1.5n), 3) + 1 weights per link), calls each pass (forward, dL/dW, dL/dx) of the two builds
+alternately on the same tensors at batch 1024, with one thread and with all threads; likewise the two
+passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for the cases that take it, and the two
+passes of the layer over character codes (forward, dL/dW) for its case: the base's passes over codes, or,
+at a base without them, its gather passes on the codes' x (what that layer ran then). --case replaces the
+kernel's cases by the continuous layers given (for instance 250:250:2:8), and then neither the dense passes
+nor the codes' are compared. It reports the median time of each build, the median of the turn-by-turn
+ratios (working tree / base: below 1 is faster) and the largest difference between the two builds' results
+relative to the largest entry (0 when both compute the same sums in the same order). The dense passes are
+compared only when the base's take the reduced basis's ``drop`` argument too (from the commit that added it
+on), as the working tree's calls pass it. Prints a table per path; writes JSON {"rows": [...],
+"dense_rows": [...], "codes_rows": [...]} to --out (default benchmarks/results/kernel_ab.json)."""
 
 import argparse
 import ctypes
@@ -24,6 +25,7 @@ import json
 import statistics
 import subprocess
 import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -38,12 +40,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path("langinterp") / "layers" / "kernel.cpp"
 PASSES = ("forward", "grad_weight", "grad_input")
 DENSE_PASSES = ("dense_basis", "dense_grad_input")
+# The passes of the layer over codes, by the name of the gather pass each replaced.
+CODES_PASSES = {"forward": "codes_forward", "grad_weight": "codes_grad_weight"}
 
 
 def takes_kernel(n: int, segments: int) -> bool:
     """Whether a continuous layer takes the kernel on the layer benchmark's calls, large enough for the
     reduced basis (which is the dense path's matmul on one column fewer, so its passes are the dense ones)."""
     return not dense_pays(weights_per_link("continuous", n, segments) - 1, n, on_kernel=True, reduced=True)
+
+
+def codes_cases() -> list[tuple[int, int, int, int]]:
+    """(in, out, n, segments) of the layer benchmark's layers over character codes."""
+    return [case[1:] for case in CASES if case[0] == "input codes"]
 
 
 def real_cases(dense: bool) -> list[tuple[int, int, int, int]]:
@@ -87,12 +96,34 @@ def takes_drop(source: Path) -> bool:
     return "int K, int drop" in source.read_text()
 
 
+def entry_points(source: Path) -> dict[str, list[type]]:
+    """kernel.SIGNATURES of the entry points kernel.cpp at ``source`` defines (an older one has fewer)."""
+    text = source.read_text()
+    return {name: types for name, types in kernel.SIGNATURES.items() if f"void {name}_##SUFFIX(" in text}
+
+
 def build(source: Path) -> ctypes.CDLL:
     """``source`` compiled (or taken from the kernel cache) and loaded with its entry points' types."""
-    library = native.bind(source, kernel.SIGNATURES, instead="nothing")
+    library = native.bind(source, entry_points(source), instead="nothing")
     if library is None:
         raise SystemExit(f"kernel_ab.py: {source} could not be built (see the warning above)")
     return library
+
+
+def has_codes(library: ctypes.CDLL) -> bool:
+    """Whether a build has the passes over character codes."""
+    return hasattr(library, "codes_forward_f32")
+
+
+def compare(row: dict, name: str, steps: dict[str, Callable[[], torch.Tensor]], turns: int) -> None:
+    """Pass ``name`` of the two builds (``steps``: base, work) into ``row``: the largest difference of their
+    results relative to the largest entry, each build's median time and the median turn-by-turn ratio."""
+    results = [step() for step in steps.values()]
+    row[f"{name}_difference"] = float((results[1] - results[0]).abs().max() / results[0].abs().max())
+    times = turns_ms(steps, turns, warmup=2)
+    row[f"{name}_base_ms"] = statistics.median(times["base"])
+    row[f"{name}_work_ms"] = statistics.median(times["work"])
+    row[f"{name}_ratio"] = statistics.median(w / b for w, b in zip(times["work"], times["base"], strict=True))
 
 
 def measure(
@@ -124,14 +155,36 @@ def measure(
                 key: partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, library)
                 for key, library in builds.items()
             }
-        results = [step() for step in steps.values()]
-        row[f"{name}_difference"] = float((results[1] - results[0]).abs().max() / results[0].abs().max())
-        times = turns_ms(steps, turns, warmup=2)
-        row[f"{name}_base_ms"] = statistics.median(times["base"])
-        row[f"{name}_work_ms"] = statistics.median(times["work"])
-        row[f"{name}_ratio"] = statistics.median(
-            w / b for w, b in zip(times["work"], times["base"], strict=True)
-        )
+        compare(row, name, steps, turns)
+    return row
+
+
+def measure_codes(
+    base: ctypes.CDLL, work: ctypes.CDLL, case: tuple, threads: int, turns: int, rows: int = BATCH
+) -> dict:
+    """The layer over character codes: the working tree's passes over codes against the base's, or against
+    the base's gather passes on the codes' x when it has none."""
+    inputs, outputs, n, segments = case
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    K = weights_per_link("continuous", n, segments)
+    codes = torch.randint(0, 128, (rows, inputs), dtype=torch.uint8)
+    x = (codes.float() + 0.5) / 64 - 1
+    weight = torch.randn(inputs, K, outputs)
+    grad = torch.randn(rows, outputs)
+    row = {"in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
+    row["base_passes"] = "codes" if has_codes(base) else "gather"
+    for name, codes_name in CODES_PASSES.items():
+        on_codes = partial(kernel.run_codes_pass, codes_name, codes, weight, grad, n, segments, n - 1)
+        steps = {
+            "base": (
+                partial(on_codes, library=base)
+                if has_codes(base)
+                else partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, base)
+            ),
+            "work": partial(on_codes, library=work),
+        }
+        compare(row, name, steps, turns)
     return row
 
 
@@ -173,15 +226,21 @@ def main() -> None:
         compare_dense = takes_drop(base_source) and not args.case
     work = build(ROOT / SOURCE)
     all_threads = torch.get_num_threads()
+    thread_counts = sorted({1, all_threads})
     measured = {
         dense: [
             measure(base, work, case, threads, args.turns, dense)
             for case in args.case or real_cases(dense)  # --case leaves out the dense passes
-            for threads in sorted({1, all_threads})
+            for threads in thread_counts
         ]
         for dense in (False, True)
         if compare_dense or not dense
     }
+    codes_rows = [
+        measure_codes(base, work, case, threads, args.turns)
+        for case in ([] if args.case else codes_cases())
+        for threads in thread_counts
+    ]
     torch.set_num_threads(all_threads)
     print(f"working tree against {args.base}: ms of the working tree (of the base), ratio = tree / base")
     print(table(measured[False], PASSES))
@@ -191,8 +250,18 @@ def main() -> None:
         print(table(measured[True], DENSE_PASSES))
     elif not args.case:
         print(f"the dense path's passes not compared: at {args.base} they take no drop argument")
+    if codes_rows:
+        print()
+        against = "its passes over codes" if has_codes(base) else "its gather passes on the codes' x"
+        print(f"the layer over character codes (the base: {against}):")
+        print(table(codes_rows, tuple(CODES_PASSES)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"base": args.base, "rows": measured[False], "dense_rows": measured.get(True, [])}
+    payload = {
+        "base": args.base,
+        "rows": measured[False],
+        "dense_rows": measured.get(True, []),
+        "codes_rows": codes_rows,
+    }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -154,6 +154,42 @@ def test_kernel_ab_compares_two_builds_pass_by_pass(dense):
     assert f"| 5 | 20 | 2 | {case[3]} | 1 |" in shown and f" {passes[-1]} ratio |" in shown
 
 
+class WithoutCodes:
+    """A build as one from before the passes over codes looked: the same entry points but those."""
+
+    def __init__(self, library):
+        self.library = library
+
+    def __getattr__(self, name):
+        if name.startswith("codes_"):
+            raise AttributeError(name)
+        return getattr(self.library, name)
+
+
+@needs_kernel
+def test_kernel_ab_compares_the_layer_over_codes_with_either_kind_of_base():
+    work = kernel_ab.build(ROOT / kernel_ab.SOURCE)
+    threads = torch.get_num_threads()
+    case = (5, 20, 2, 128)
+    same = kernel_ab.measure_codes(work, work, case, threads=1, turns=1, rows=300)
+    older = kernel_ab.measure_codes(WithoutCodes(work), work, case, threads=1, turns=1, rows=300)
+    torch.set_num_threads(threads)
+    assert (same["base_passes"], older["base_passes"]) == ("codes", "gather")
+    for name in kernel_ab.CODES_PASSES:
+        assert same[f"{name}_difference"] == 0
+        # The gather passes on the codes' x: the same function, summed in another order.
+        assert 0 <= older[f"{name}_difference"] < 1e-5
+        assert older[f"{name}_base_ms"] > 0 and older[f"{name}_work_ms"] > 0 and older[f"{name}_ratio"] > 0
+    assert kernel_ab.codes_cases() == [(16, 250, 2, 128)]
+
+
+def test_kernel_ab_binds_only_the_entry_points_a_build_has(tmp_path):
+    assert set(kernel_ab.entry_points(ROOT / kernel_ab.SOURCE)) == set(kernel.SIGNATURES)
+    older = tmp_path / "older.cpp"
+    older.write_text("void forward_##SUFFIX(const T* xt) {}\nvoid grad_weight_##SUFFIX(const T* xt) {}")
+    assert set(kernel_ab.entry_points(older)) == {"forward", "grad_weight"}
+
+
 def test_kernel_ab_takes_each_paths_cases_and_the_committed_source(tmp_path):
     on_kernel = [(16, 250, 2, 128), (250, 250, 3, 8), (250, 250, 5, 2), (250, 250, 2, 32), (128, 128, 2, 128)]
     assert kernel_ab.real_cases(dense=False) == on_kernel

@@ -642,15 +642,26 @@ def test_refinement_reproduces_the_function(kind, n, s, new_n, new_s):
 
 
 @pytest.mark.parametrize(
-    ("kind", "n", "segments"), [("continuous", 2, 128), ("continuous", 3, 128), ("discontinuous", 2, 5)]
+    ("kind", "n", "segments"),
+    [
+        ("continuous", 2, 128),
+        ("continuous", 3, 128),
+        ("discontinuous", 2, 5),
+        ("continuous", 2, 256),  # codes reach only every other segment: dL/dW is zero on the others' rows
+        ("polynomial", 3, 1),
+    ],
 )
-@pytest.mark.parametrize("lookup", ["kernel", "table"])
-def test_character_input_is_the_linear_layer_on_unit_codes(kind, n, segments, lookup, monkeypatch):
+@pytest.mark.parametrize(
+    ("lookup", "rows"),
+    # the C++ kernel builds its table from 256 rows on and gathers below that
+    [("kernel", 18), ("kernel", 300), ("table", 18)],
+)
+def test_character_input_is_the_linear_layer_on_unit_codes(kind, n, segments, lookup, rows, monkeypatch):
     if lookup == "table":
         monkeypatch.setattr(layer_kernel, "supports", lambda *tensors: False)
     torch.manual_seed(0)
     layer = CharacterInput(6, 7, n, segments, kind).double()
-    codes = torch.randint(0, 128, (2, 9, 6), dtype=torch.uint8)
+    codes = torch.randint(0, 128, (2, rows // 2, 6), dtype=torch.uint8)
     y = layer(codes)
     linear = layer.as_linear()
     assert linear.weight is layer.weight
@@ -661,6 +672,66 @@ def test_character_input_is_the_linear_layer_on_unit_codes(kind, n, segments, lo
     layer.weight.grad = None
     expected.square().sum().backward()
     torch.testing.assert_close(grad, layer.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("outputs", [5, 32, 37, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [18, 300])
+def test_character_kernel_matches_gather_over_vector_tails_and_thread_counts(outputs, dtype, rows):
+    # Outputs: part of a vector, whole vectors used in place, whole vectors plus a part (padded dL/dy), and
+    # 300: a block of 16 vectors then narrower ones. 300 rows take the table, 18 the gather pass.
+    torch.manual_seed(0)
+    layer = CharacterInput(5, outputs, 2, 128, initialization="uniform").to(dtype)
+    codes = torch.randint(0, 128, (rows, 5))
+    weights = torch.randn(rows, outputs, dtype=dtype)
+    linear = layer.as_linear()
+    linear.path = "gather"
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for module, inputs, count in (
+            (linear, codes_to_unit(codes).to(dtype), 1),
+            (layer, codes, 1),
+            (layer, codes, 2),
+        ):
+            torch.set_num_threads(count)
+            layer.zero_grad()
+            y = module(inputs)
+            (y * weights).sum().backward()
+            results.append((y.detach(), layer.weight.grad))
+    finally:
+        torch.set_num_threads(threads)
+    tolerance = 1e-10 if dtype == torch.float64 else 1e-5
+    for ours, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, expected, rtol=tolerance, atol=tolerance)
+    for one, two in zip(results[1], results[2], strict=True):
+        assert torch.equal(one, two)
+
+
+def test_character_kernel_table_is_torch_memory_padded_to_whole_vectors():
+    # Below CODES_TABLE_ROWS the forward pass gathers and needs no table; from there on one row per code and
+    # input, its width rounded up to 64 bytes (16 float32, 8 float64).
+    rows = layer_kernel.CODES_TABLE_ROWS
+    weight = torch.empty(5, 129, 37)
+    assert layer_kernel.codes_table(torch.zeros(rows - 1, 5, dtype=torch.uint8), weight).numel() == 0
+    codes = torch.zeros(rows, 5, dtype=torch.uint8)
+    assert layer_kernel.codes_table(codes, weight).shape == (5, 128, 48)
+    assert layer_kernel.codes_table(codes, weight.double()).shape == (5, 128, 40)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_character_kernel_weight_gradient_overwrites_its_buffer():
+    # 512 segments: codes reach only every fourth one and not the last rows, and 3 rows leave most codes
+    # without a sample; dL/dW must come back with zeros there, not the NaN of the buffer handed to the kernel.
+    torch.manual_seed(0)
+    codes = torch.randint(0, 128, (3, 4), dtype=torch.uint8)
+    weight, grad = torch.randn(4, 513, 37), torch.randn(3, 37)
+    result = torch.full_like(weight, float("nan"))
+    layer_kernel._invoke("codes_grad_weight", [codes, grad, result], 3, weight, 2, 512, 1)
+    expected = torch.zeros_like(weight)
+    layer_kernel._invoke("codes_grad_weight", [codes, grad, expected], 3, weight, 2, 512, 1)
+    assert torch.equal(result, expected) and (expected == 0).float().mean() > 0.9
 
 
 def test_codes_to_unit_centres():

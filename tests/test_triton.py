@@ -91,7 +91,7 @@ def test_triton_basis_op_passes_gradcheck():
 @pytest.mark.parametrize(("kind", "n", "segments"), [("continuous", 2, 128), ("discontinuous", 3, 5)])
 def test_character_input_on_triton_is_the_linear_layer_on_unit_codes(monkeypatch, kind, n, segments):
     # What CharacterInput takes on CUDA; here, without a GPU, in Triton's interpreter.
-    monkeypatch.setattr(character, "_gather_op", lambda codes, weight: triton_ops.piecewise)
+    monkeypatch.setattr(character, "_kernel_op", lambda codes, weight: character._triton_gather)
     torch.manual_seed(0)
     layer = CharacterInput(6, 7, n, segments, kind).to(DEVICE, torch.float64)
     codes = torch.randint(0, 128, (2, 9, 6), device=DEVICE)
@@ -111,7 +111,7 @@ def test_character_input_on_triton_is_the_linear_layer_on_unit_codes(monkeypatch
 def test_character_input_on_cuda_takes_the_triton_kernels():
     layer = CharacterInput(6, 7, 2).cuda()
     codes = torch.randint(0, 128, (4, 6), device="cuda")
-    assert character._gather_op(codes, layer.weight) is triton_ops.piecewise
+    assert character._kernel_op(codes, layer.weight) is character._triton_gather
 
 
 def test_triton_covers_several_tiles_and_partial_ones():

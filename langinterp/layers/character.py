@@ -5,15 +5,18 @@ and local coordinate of each of the 128 possible x are fixed, so each code's con
 is a fixed combination of n weight rows: sum_k phi_k(t_c) weight[i, j_c * stride + k, o]. With 128 segments
 every code sits at the centre of its own segment (t = 0, exactly, in floating point too). The result is
 exactly HighOrderLinear(length, out, ...) applied to codes_to_unit(codes); ``as_linear`` returns that
-layer, sharing the weight parameter. Two lookups, chosen per call:
+layer, sharing the weight parameter. Three lookups, chosen per call:
 
-- where HighOrderLinear has a gather kernel, the C++ kernel on CPU in float32/float64 (kernel.py) and
-  Triton's on CUDA (triton_ops.py): read the n rows of each code, which costs length*n row reads per sample
-  and measured fastest. On the CPU, building the table first (then one row per code) loses: that pass over
-  all the weights and its backward take as long as a whole Linear(length*n) forward+backward at batch
-  1024. On an H200 the table lookup below took 1.75 ms forward+backward where the Triton kernels on the
-  same layer over reals took 0.63 ms (benchmarks/layers.py --device cuda, README);
-- elsewhere (no compiler, no Triton, other devices): build the table T[i, c, :] (length*128*n*out
+- on the CPU, float32/float64 with the C++ kernel (kernel.py): ``kernel.character_lookup``. From 256 rows on
+  it builds the table T[i, c, :] (one row per code: sum_k phi_k(t_c) weight[i, j_c * stride + k]) and sums
+  one row per input and sample with the sample's outputs in registers; fewer rows take the gather pass on
+  the codes' x, which reads n rows per input. Its dL/dW sums each code's rows of dL/dy once and spreads the
+  sum over the code's n weight rows. At batch 1024 (16 inputs, 250 outputs, 128 segments) the two passes
+  take 0.73-0.88 of the time of the gather passes on the same x (`benchmarks/kernel_ab.py`, README);
+- on CUDA with Triton (triton_ops.py): the gather kernel on the codes' x. On an H200 the table lookup below
+  took 1.75 ms forward+backward where the Triton kernels on the same layer over reals took 0.63 ms
+  (benchmarks/layers.py --device cuda, README);
+- elsewhere (no compiler, no Triton, other devices): build the table T (length*128*n*out
   multiply-adds, independent of the batch; with 128 segments a sum of strided views of the weights,
   nothing gathered) and sum the rows T[i, codes[..., i]] with embedding_bag, under a custom backward
   (_Lookup).
@@ -96,10 +99,9 @@ class CharacterInput(nn.Module):
                 raise ValueError(f"character codes must lie in 0..{CODES - 1}, got {int(low)}..{int(high)}")
         weight = self.weight
         flat = codes.reshape(-1, self.length)
-        gather = _gather_op(flat, weight)
-        if gather is not None:
-            x = (flat.to(weight.dtype) + 0.5) / 64 - 1  # exact in every float type: an odd number of 128ths
-            y = gather(x, weight, self.n, self.segments, stride(self.kind, self.n))
+        op = _kernel_op(flat, weight)
+        if op is not None:
+            y = op(flat, weight, self.n, self.segments, stride(self.kind, self.n))
         else:
             positions = flat.long() + self.position_offset
             y = _Lookup.apply(weight, positions, self.code_rows, self.code_basis(), self._view_step())
@@ -118,13 +120,23 @@ class CharacterInput(nn.Module):
         )
 
 
-def _gather_op(codes: Tensor, weight: Tensor):
-    """HighOrderLinear's gather op for these tensors (the C++ kernel's or Triton's), or None."""
+def _kernel_op(codes: Tensor, weight: Tensor):
+    """The kernel lookup for these tensors (the C++ kernel's over codes, or Triton's gather), or None."""
     if kernel.supports(codes, weight):
-        return kernel.piecewise
+        return _cpu_kernel
     if triton_ops.supports(codes, weight):
-        return triton_ops.piecewise
+        return _triton_gather
     return None
+
+
+def _cpu_kernel(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    """kernel.character_lookup on codes [rows, length] (checked to lie in 0..127, so uint8 holds them)."""
+    return kernel.character_lookup(codes.to(torch.uint8), weight, n, segments, step)
+
+
+def _triton_gather(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    """Triton's gather kernel on the codes' x, which is exact in every float type (odd numbers of 128ths)."""
+    return triton_ops.piecewise((codes.to(weight.dtype) + 0.5) / 64 - 1, weight, n, segments, step)
 
 
 def _table(weight: Tensor, rows: Tensor, phi: Tensor, step: int | None) -> Tensor:

@@ -5,8 +5,9 @@
 // that holds x[r, i]. Each entry point makes one pass over the active rows, so time and memory are those of
 // a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table every 4096
 // rows or fewer, the forward pass once per thread, and only when each thread has at least K rows: no more
-// work than a Linear(I -> O) pass over them). No torch headers: the file compiles in about two seconds and
-// is called through ctypes.
+// work than a Linear(I -> O) pass over them; the forward pass of the layer over character codes builds one
+// row per code and input for large batches, the same reading of the table). No torch headers: the file
+// compiles in about two seconds and is called through ctypes.
 #include <omp.h>
 
 #include <cmath>
@@ -921,6 +922,192 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
     }
 }
 
+// The layer over character codes (character.py). Code c enters as x = (c + 0.5) / 64 - 1 (exact in every
+// float type), so its segment and basis values are fixed: its contribution to input i is one row,
+// table[i, c] = sum_k phi_k(c) W[i, first(c) + k], the same for every sample.
+constexpr int kCodes = 128;
+
+// Each code's x, first table row and basis values phi[k * 128 + c], found by locate_row as for any input.
+template <typename T>
+struct CodePlaces {
+    T x[kCodes];
+    int32_t first[kCodes];
+    std::unique_ptr<T[]> phi;
+    CodePlaces(int n, int s, int stride) : phi(new T[kCodes * n]) {
+        T t[kCodes], scale[kCodes];
+        std::unique_ptr<int32_t[]> row_of(new int32_t[kCodes * n]);
+        for (int c = 0; c < kCodes; ++c) x[c] = (T(c) + T(0.5)) / T(64) - T(1);
+        locate_row(Basis<T>(n), x, kCodes, s, stride, 0, t, scale, first, phi.get(), row_of.get(),
+                   static_cast<T*>(nullptr));
+    }
+};
+
+// A sample's code at one input. The layer refuses codes above 127 before the call; this only keeps a stray
+// one (from a caller that skipped the check) inside the table.
+inline int code_of(const uint8_t* codes, int64_t e) { return codes[e] < kCodes ? codes[e] : kCodes - 1; }
+
+// table [I, 128, ld]: each code's row, zero-padded to ld columns (threads share the inputs).
+template <typename T>
+void code_table(const T* W, const CodePlaces<T>& at, T* table, int I, int O, int ld, int n, int K) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+#pragma omp for schedule(static)
+    for (int i = 0; i < I; ++i)
+        for (int c = 0; c < kCodes; ++c) {
+            const T* w = W + (int64_t(i) * K + at.first[c]) * O;
+            V* to = reinterpret_cast<V*>(table + (int64_t(i) * kCodes + c) * ld);
+            for (int v = 0; v < ld / VL; ++v) {
+                V sum = at.phi[c] * load_part<T>(w + v * VL, O - v * VL);
+                for (int k = 1; k < n; ++k)
+                    sum += at.phi[k * kCodes + c] * load_part<T>(w + int64_t(k) * O + v * VL, O - v * VL);
+                to[v] = sum;
+            }
+        }
+}
+
+// y[r, block] = sum_i table[i, codes[r, i], block], in input order, the block in registers.
+template <typename T, int NV>
+void code_sums(const uint8_t* codes, const T* table, T* y, int64_t r0, int64_t r1, int I, int O, int ld, int c0) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    for (int64_t r = r0; r < r1; ++r) {
+        V acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = V{};
+        for (int i = 0; i < I; ++i) {
+            const V* row = reinterpret_cast<const V*>(table + (int64_t(i) * kCodes + code_of(codes, r * I + i)) * ld + c0);
+            for (int v = 0; v < NV; ++v) acc[v] += row[v];
+        }
+        T* out = y + r * O + c0;
+        for (int v = 0; v < NV; ++v) write_part<false, T>(out + v * VL, acc[v], O - c0 - v * VL);
+    }
+}
+
+// The forward pass over codes [rows, I]. With a table [I, 128, ld] to fill (caller-provided, so that torch
+// sees that memory; kernel.py hands one to batches of at least 256 rows) it builds the table and sums one row
+// per input and sample; without one (null) it takes the gather pass on the codes' x. Threads split the rows
+// (splitting the columns instead, so that each thread would read only the part of the table it built, took
+// 1.15-1.28x as long with 2 threads).
+template <typename T>
+void codes_forward(const uint8_t* codes, const T* W, T* table, T* y, int64_t rows, int I, int O, int n, int s,
+                   int stride, int K) {
+    constexpr int VL = Vec<T, 64>::width;
+    const CodePlaces<T> at(n, s, stride);
+    if (table == nullptr) {
+        std::unique_ptr<T[]> xt(new T[rows * I]);
+        for (int i = 0; i < I; ++i)
+            for (int64_t r = 0; r < rows; ++r) xt[i * rows + r] = at.x[code_of(codes, r * I + i)];
+        forward(xt.get(), W, y, rows, I, O, n, s, stride, K);
+        return;
+    }
+    const int ld = padded_width<T>(O);
+    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
+    const int count = plan_blocks<T>(ld, blocks.get(), 16);
+    constexpr int64_t kRowsPerTask = 64;
+#pragma omp parallel
+    {
+        code_table(W, at, table, I, O, ld, n, K);  // its omp for ends in a barrier
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r += kRowsPerTask) {
+            const int64_t r1 = rows - r < kRowsPerTask ? rows : r + kRowsPerTask;
+            for (int bi = 0; bi < count; ++bi) {
+                const Block b = blocks[bi];
+                switch (b.nv) {
+                    case 16: code_sums<T, 16>(codes, table, y, r, r1, I, O, ld, b.c0); break;
+                    case 8: code_sums<T, 8>(codes, table, y, r, r1, I, O, ld, b.c0); break;
+                    case 4: code_sums<T, 4>(codes, table, y, r, r1, I, O, ld, b.c0); break;
+                    case 2: code_sums<T, 2>(codes, table, y, r, r1, I, O, ld, b.c0); break;
+                    default: code_sums<T, 1>(codes, table, y, r, r1, I, O, ld, b.c0);
+                }
+            }
+        }
+    }
+}
+
+// dW[i, first(c) + k, block] (+)= phi_k(c) S_c, where S_c, the sum of dy[r, block] over the samples whose code
+// at input i is c, is summed in registers in sample order: one add per loaded vector of dy, where the gather
+// pass makes n multiply-adds with per-sample coefficients. Codes go in order and first(c) never decreases,
+// so a row is stored by the first code that reaches it and added to by the others; rows that no code reaches
+// (more segments than codes) are stored as zeros: every entry is written.
+template <typename T, int NV>
+void code_grad_block(const int32_t* start, const int32_t* sample, const T* dy, int ld, int O, int c0,
+                     const CodePlaces<T>& at, int n, int K, T* dW_i) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    auto store = [&](int row, const V* value, bool add) {
+        T* to = dW_i + int64_t(row) * O + c0;
+        for (int v = 0; v < NV; ++v) {
+            if (add)
+                write_part<true, T>(to + v * VL, value[v], O - c0 - v * VL);
+            else
+                write_part<false, T>(to + v * VL, value[v], O - c0 - v * VL);
+        }
+    };
+    const V zeros[NV] = {};
+    int written = 0;  // rows 0 .. written - 1 hold a value
+    for (int c = 0; c < kCodes; ++c) {
+        V sum[NV];
+        for (int v = 0; v < NV; ++v) sum[v] = V{};
+        for (int32_t p = start[c]; p < start[c + 1]; ++p) {
+            const V* g = reinterpret_cast<const V*>(dy + int64_t(sample[p]) * ld + c0);
+            for (int v = 0; v < NV; ++v) sum[v] += g[v];
+        }
+        for (; written < at.first[c]; ++written) store(written, zeros, false);
+        for (int k = 0; k < n; ++k) {
+            const int row = at.first[c] + k;
+            if (row < written && start[c + 1] == start[c]) continue;
+            V term[NV];
+            for (int v = 0; v < NV; ++v) term[v] = at.phi[k * kCodes + c] * sum[v];
+            store(row, term, row < written);
+            written = row + 1 > written ? row + 1 : written;
+        }
+    }
+    for (; written < K; ++written) store(written, zeros, false);
+}
+
+// dL/dW over codes [rows, I]. Threads own inputs (disjoint rows of dW); each input's samples are grouped by
+// code with a stable counting sort, so every sum is taken in an order that does not depend on the number of
+// threads. At batch 1024 it took 0.75-0.88 of the time of the gather pass's dL/dW on the codes' x (two runs of
+// `benchmarks/kernel_ab.py`), and less at every batch size tried (1-1024), so it serves every call.
+template <typename T>
+void codes_grad_weight(const uint8_t* codes, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,
+                       int stride, int K) {
+    constexpr int VL = Vec<T, 64>::width;
+    const CodePlaces<T> at(n, s, stride);
+    const int ld = padded_width<T>(O);
+    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
+    const int count = plan_blocks<T>(ld, blocks.get(), 16);
+    Padded<T> g(const_cast<T*>(dy), rows, O);
+#pragma omp parallel
+    {
+        if (g.copied()) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
+        }
+        std::unique_ptr<int32_t[]> start(new int32_t[kCodes + 1]), sample(new int32_t[rows]);
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < I; ++i) {
+            for (int c = 0; c <= kCodes; ++c) start[c] = 0;
+            for (int64_t r = 0; r < rows; ++r) ++start[code_of(codes, r * I + i) + 1];
+            for (int c = 0; c < kCodes; ++c) start[c + 1] += start[c];
+            for (int64_t r = 0; r < rows; ++r)  // start[c] serves as code c's cursor, then is shifted back
+                sample[start[code_of(codes, r * I + i)]++] = int32_t(r);
+            for (int c = kCodes; c > 0; --c) start[c] = start[c - 1];
+            start[0] = 0;
+            T* dW_i = dW + int64_t(i) * K * O;
+            for (int bi = 0; bi < count; ++bi) {
+                const Block b = blocks[bi];
+                switch (b.nv) {
+                    case 16: code_grad_block<T, 16>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
+                    case 8: code_grad_block<T, 8>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
+                    case 4: code_grad_block<T, 4>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
+                    case 2: code_grad_block<T, 2>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
+                    default: code_grad_block<T, 1>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i);
+                }
+            }
+        }
+    }
+}
+
 // The reduced basis leaves out each input's first node: a link's basis functions sum to one, so the first
 // is 1 minus the others and its weight folds into a bias (reduced.py). Column i*K + c moves to
 // i*(K-1) + c - 1. Only node 0 of segment 0 (k = 0, listed first) is left out: its coefficient becomes zero
@@ -1051,6 +1238,20 @@ extern "C" {
         dense_grad_input<T>(x, projected, dx, rows, I, n, s, stride, K, drop);                              \
     }
 
+#define LANGINTERP_EXPORT_CODES(T, SUFFIX)                                                                   \
+    void codes_forward_##SUFFIX(const uint8_t* codes, const T* W, T* table, T* y, int64_t rows, int I, int O, \
+                                int n, int s, int stride, int K, int threads) {                             \
+        ThreadsFor team(threads);                                                                           \
+        codes_forward<T>(codes, W, table, y, rows, I, O, n, s, stride, K);                                  \
+    }                                                                                                       \
+    void codes_grad_weight_##SUFFIX(const uint8_t* codes, const T* dy, T* dW, int64_t rows, int I, int O,    \
+                                    int n, int s, int stride, int K, int threads) {                         \
+        ThreadsFor team(threads);                                                                           \
+        codes_grad_weight<T>(codes, dy, dW, rows, I, O, n, s, stride, K);                                   \
+    }
+
+LANGINTERP_EXPORT_CODES(float, f32)
+LANGINTERP_EXPORT_CODES(double, f64)
 LANGINTERP_EXPORT_DENSE(float, f32)
 LANGINTERP_EXPORT_DENSE(double, f64)
 LANGINTERP_EXPORT(float, f32)

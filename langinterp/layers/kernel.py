@@ -6,17 +6,22 @@ with per-sample weights is 10-20x slower backward than forward on CPU; a dense b
 Linear). The kernel visits only the n active rows per input, in forward and backward, so its work and
 memory do not grow with the number of segments. Two ways, chosen per call:
 
-- bucketed (every dL/dW; forward and dL/dx of small batches; dL/dx at n = 2): input by input over the
-  samples grouped by the segment they fall in (a counting sort of x's column), so that a segment's n weight
-  rows are read once for all its samples: the forward pass keeps them in registers while its samples'
-  output rows stream past, dL/dW accumulates them in registers while dL/dy streams past (one store per
-  segment, not per sample), and dL/dx takes its dot products against them in L1 (at n = 2 one dot product
-  with the difference of the two rows).
-- tiled (forward, and dL/dx for n != 2, of batches of at least K rows): a slice of the table (a few
-  inputs, one block of output columns) is copied into L1 and the samples stream past it in order, each
-  picking its rows by segment, its block of y kept in registers across the slice's inputs. It needs no
-  sort and touches each output row once per slice rather than once per input: 1.2-1.5x faster per pass
-  at batch 1024 (the dL/dx of n = 2 measured no faster, so it stays bucketed).
+- bucketed (every dL/dW; forward and dL/dx of small batches; dL/dx at n = 2 with more than 32 segments):
+  input by input over the samples grouped by the segment they fall in (a counting sort of x's column), so
+  that a segment's n weight rows are read once for all its samples: the forward pass keeps them in
+  registers while its samples' output rows stream past, dL/dW accumulates them in registers while dL/dy
+  streams past (one store per segment, not per sample), and dL/dx takes its dot products against them in
+  L1 (at n = 2 one dot product with the difference of the two rows).
+- tiled (forward and the other dL/dx, of batches of at least K rows): a slice of the table (a few inputs,
+  one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied into L1 and
+  the samples stream past it in order, each picking its rows by segment, its block of y kept in registers
+  across the slice's inputs. It needs no sort and touches each output row once per slice rather than once
+  per input: 1.2-1.5x faster per pass at batch 1024.
+
+The layer over character codes (character.py) has two passes of its own (``character_lookup``): each code
+has one place in its segment, so its n rows combine into one row per input, and the forward pass of a
+batch of at least 256 rows builds that table and reads one row per input and sample; dL/dW sums each
+code's rows of dL/dy once.
 
 Rows of y and dL/dy are handled padded to whole vectors on 64-byte boundaries (kernel.cpp says why). A
 gather per sample from the whole table, the obvious way, reads the rows from L2 or memory once per sample
@@ -58,6 +63,8 @@ SIGNATURES = {
     "grad_input": _arguments(5, 7),
     "dense_basis": _arguments(2, 7),
     "dense_grad_input": _arguments(3, 7),
+    "codes_forward": _arguments(4, 7),
+    "codes_grad_weight": _arguments(3, 7),
 }
 
 
@@ -103,14 +110,28 @@ def _call(
     """Run kernel ``name`` on ``tensors`` (x first), handing it x transposed ([in, rows]: every kernel works
     input by input) and, for dL/dx, a transposed result buffer that torch allocates so that it sees that
     memory. ``library``: another build of kernel.cpp (benchmarks/kernel_ab.py), else this process's."""
-    inputs, K, outputs = weight.shape
     tensors = [x.t().contiguous(), *tensors[1:]]
     if name == "grad_input":
-        tensors.append(x.new_empty(inputs, x.shape[0]))
+        tensors.append(x.new_empty(weight.shape[0], x.shape[0]))
+    _invoke(name, tensors, x.shape[0], weight, n, segments, step, library)
+
+
+def _invoke(
+    name: str,
+    tensors: list[Tensor],
+    rows: int,
+    weight: Tensor,
+    n: int,
+    segments: int,
+    step: int,
+    library: ctypes.CDLL | None = None,
+):
+    """Call kernel ``name`` on ``tensors`` as they are, with the layer's sizes and a thread count."""
+    inputs, K, outputs = weight.shape
     function = getattr(library or _library(), f"{name}_{DTYPES[weight.dtype]}")
     pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    threads = _threads(x.shape[0] * inputs * n * outputs)
-    function(*pointers, x.shape[0], inputs, outputs, n, segments, step, K, threads)
+    threads = _threads(rows * inputs * n * outputs)
+    function(*pointers, rows, inputs, outputs, n, segments, step, K, threads)
 
 
 def run_pass(
@@ -172,6 +193,74 @@ def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segmen
 @piecewise_grad_input.register_fake
 def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# The forward pass over codes builds its table of one row per code and input (kernel.cpp) from this many
+# rows on, twice the table's rows per input: at batch 1024 (16 inputs, 250 outputs, 128 segments) it took
+# 0.73-0.83 of the time of the gather pass on the codes' x (two runs of benchmarks/kernel_ab.py), at 128
+# rows as long, and at one row 1.8x as long (building the table is most of it).
+CODES_TABLE_ROWS = 256
+
+
+def codes_table(codes: Tensor, weight: Tensor) -> Tensor:
+    """The forward pass's scratch table [in, 128, out padded to whole 64-byte vectors] (torch's allocations
+    start on 64-byte boundaries, as the kernel's loads need), or an empty tensor: fewer rows than
+    CODES_TABLE_ROWS take the gather pass and need none."""
+    if codes.shape[0] < CODES_TABLE_ROWS:
+        return weight.new_empty(0)
+    per_vector = 64 // weight.element_size()
+    padded = -(-weight.shape[2] // per_vector) * per_vector
+    return weight.new_empty(weight.shape[0], 128, padded)
+
+
+def run_codes_pass(
+    name: str,
+    codes: Tensor,
+    weight: Tensor,
+    grad: Tensor | None,
+    n: int,
+    segments: int,
+    step: int,
+    library: ctypes.CDLL | None = None,
+) -> Tensor:
+    """Pass ``name`` of the layer over character codes into a new result: ``codes_forward`` (y) or
+    ``codes_grad_weight`` (dL/dW, every entry written; ``grad`` is dL/dy). codes: uint8 [rows, in], 0..127;
+    contiguous tensors; ``library`` as in _call."""
+    if name == "codes_forward":
+        result = weight.new_empty(codes.shape[0], weight.shape[2])
+        tensors = [codes, weight, codes_table(codes, weight), result]
+    else:
+        result = torch.empty_like(weight, memory_format=torch.contiguous_format)
+        tensors = [codes, grad, result]
+    _invoke(name, tensors, codes.shape[0], weight, n, segments, step, library)
+    return result
+
+
+@torch.library.custom_op("langinterp::character_lookup", mutates_args=())
+def character_lookup(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    """y[r, o] = sum_i sum_k phi_k(t_c) weight[i, j_c * step + k, o] for c = codes[r, i] (uint8, 0..127) at
+    x = (c + 0.5) / 64 - 1: piecewise on those x, by a table of one row per code (kernel.cpp)."""
+    return run_codes_pass("codes_forward", codes.contiguous(), weight.contiguous(), None, n, segments, step)
+
+
+@character_lookup.register_fake
+def _(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    return weight.new_empty(codes.shape[0], weight.shape[2])
+
+
+@torch.library.custom_op("langinterp::character_lookup_grad_weight", mutates_args=())
+def character_lookup_grad_weight(
+    codes: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
+) -> Tensor:
+    """dL/dweight of character_lookup; ``weight`` supplies only the shape."""
+    return run_codes_pass(
+        "codes_grad_weight", codes.contiguous(), weight, grad.contiguous(), n, segments, step
+    )
+
+
+@character_lookup_grad_weight.register_fake
+def _(codes: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
 def run_dense_pass(
@@ -254,18 +343,20 @@ piecewise_basis.register_autograd(
 
 
 def setup_context(ctx, inputs, output) -> None:
-    """Autograd context of a piecewise op (x, weight, n, segments, step); triton_ops.py shares it."""
+    """Autograd context of a piecewise op (x or codes, weight, n, segments, step); triton_ops.py shares it."""
     x, weight, n, segments, step = inputs
     ctx.save_for_backward(x, weight)
     ctx.shape = (n, segments, step)
 
 
 def backward_with(grad_input, grad_weight):
-    """The backward formula of a piecewise op from its two gradient ops (shared with triton_ops.py)."""
+    """The backward formula of a piecewise op from its two gradient ops (shared with triton_ops.py);
+    ``grad_input`` None for an op whose first input is integer codes, which has no gradient."""
 
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grad_x = grad_input(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[0] else None
+        wanted = grad_input is not None and ctx.needs_input_grad[0]
+        grad_x = grad_input(x, grad, weight, *ctx.shape) if wanted else None
         grad_w = grad_weight(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None, None, None
 
@@ -274,4 +365,8 @@ def backward_with(grad_input, grad_weight):
 
 piecewise.register_autograd(
     backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=setup_context
+)
+
+character_lookup.register_autograd(
+    backward_with(None, character_lookup_grad_weight), setup_context=setup_context
 )
