@@ -11,8 +11,9 @@ layer, sharing the weight parameter. Three lookups, chosen per call:
   it builds the table T[i, c, :] (one row per code: sum_k phi_k(t_c) weight[i, j_c * stride + k]) and sums
   one row per input and sample with the sample's outputs in registers; fewer rows take the gather pass on
   the codes' x, which reads n rows per input. Its dL/dW sums each code's rows of dL/dy once and spreads the
-  sum over the code's n weight rows. At batch 1024 (16 inputs, 250 outputs, 128 segments) the two passes
-  take 0.73-0.88 of the time of the gather passes on the same x (`benchmarks/kernel_ab.py`, README);
+  sum over the code's n weight rows. At batch 1024 (16 inputs, 250 outputs, 128 segments) the forward pass
+  took 0.80-0.85 and dL/dW 0.85-0.86 of the time of the gather passes on the same x (two runs of
+  `benchmarks/kernel_ab.py`, README);
 - on CUDA with Triton (triton_ops.py): the gather kernel on the codes' x. On an H200 the table lookup below
   took 1.75 ms forward+backward where the Triton kernels on the same layer over reals took 0.63 ms
   (benchmarks/layers.py --device cuda, README);

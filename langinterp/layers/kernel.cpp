@@ -1066,8 +1066,9 @@ void code_grad_block(const int32_t* start, const int32_t* sample, const T* dy, i
 
 // dL/dW over codes [rows, I]. Threads own inputs (disjoint rows of dW); each input's samples are grouped by
 // code with a stable counting sort, so every sum is taken in an order that does not depend on the number of
-// threads. At batch 1024 it took 0.75-0.88 of the time of the gather pass's dL/dW on the codes' x (two runs of
-// `benchmarks/kernel_ab.py`), and less at every batch size tried (1-1024), so it serves every call.
+// threads. At batch 1024 it took 0.85-0.86 of the time of the gather pass's dL/dW on the codes' x (two runs of
+// `benchmarks/kernel_ab.py --base 608fab2`), and less at every batch size tried (1-1024), so it serves every
+// call.
 template <typename T>
 void codes_grad_weight(const uint8_t* codes, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,
                        int stride, int K) {
