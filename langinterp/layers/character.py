@@ -12,7 +12,7 @@ layer, sharing the weight parameter. Three lookups, chosen per call:
   one row per input and sample with the sample's outputs in registers; fewer rows take the gather pass on
   the codes' x, which reads n rows per input. Its dL/dW sums each code's rows of dL/dy once and spreads the
   sum over the code's n weight rows. At batch 1024 (16 inputs, 250 outputs, 128 segments) the forward pass
-  took 0.80-0.85 and dL/dW 0.85-0.86 of the time of the gather passes on the same x (two runs of
+  took 0.78-0.86 and dL/dW 0.85-0.91 of the time of the gather passes on the same x (two runs of
   `benchmarks/kernel_ab.py`, README);
 - on CUDA with Triton (triton_ops.py): the gather kernel on the codes' x. On an H200 the table lookup below
   took 1.75 ms forward+backward where the Triton kernels on the same layer over reals took 0.63 ms
@@ -131,7 +131,8 @@ def _kernel_op(codes: Tensor, weight: Tensor):
 
 
 def _cpu_kernel(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
-    """kernel.character_lookup on codes [rows, length] (checked to lie in 0..127, so uint8 holds them)."""
+    """kernel.character_lookup on codes [rows, length]: the layer checks that they lie in 0..127 (outside
+    torch.compile), so uint8 holds them; the kernel keeps any other inside its table."""
     return kernel.character_lookup(codes.to(torch.uint8), weight, n, segments, step)
 
 

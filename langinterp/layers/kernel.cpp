@@ -974,11 +974,24 @@ void code_sums(const uint8_t* codes, const T* table, T* y, int64_t r0, int64_t r
         V acc[NV];
         for (int v = 0; v < NV; ++v) acc[v] = V{};
         for (int i = 0; i < I; ++i) {
-            const V* row = reinterpret_cast<const V*>(table + (int64_t(i) * kCodes + code_of(codes, r * I + i)) * ld + c0);
+            const int c = code_of(codes, r * I + i);
+            const V* row = reinterpret_cast<const V*>(table + (int64_t(i) * kCodes + c) * ld + c0);
             for (int v = 0; v < NV; ++v) acc[v] += row[v];
         }
         T* out = y + r * O + c0;
         for (int v = 0; v < NV; ++v) write_part<false, T>(out + v * VL, acc[v], O - c0 - v * VL);
+    }
+}
+
+template <typename T>
+void code_sums_any(const uint8_t* codes, const T* table, T* y, int64_t r0, int64_t r1, int I, int O, int ld,
+                   Block b) {
+    switch (b.nv) {
+        case 16: code_sums<T, 16>(codes, table, y, r0, r1, I, O, ld, b.c0); return;
+        case 8: code_sums<T, 8>(codes, table, y, r0, r1, I, O, ld, b.c0); return;
+        case 4: code_sums<T, 4>(codes, table, y, r0, r1, I, O, ld, b.c0); return;
+        case 2: code_sums<T, 2>(codes, table, y, r0, r1, I, O, ld, b.c0); return;
+        default: code_sums<T, 1>(codes, table, y, r0, r1, I, O, ld, b.c0);
     }
 }
 
@@ -1009,16 +1022,7 @@ void codes_forward(const uint8_t* codes, const T* W, T* table, T* y, int64_t row
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; r += kRowsPerTask) {
             const int64_t r1 = rows - r < kRowsPerTask ? rows : r + kRowsPerTask;
-            for (int bi = 0; bi < count; ++bi) {
-                const Block b = blocks[bi];
-                switch (b.nv) {
-                    case 16: code_sums<T, 16>(codes, table, y, r, r1, I, O, ld, b.c0); break;
-                    case 8: code_sums<T, 8>(codes, table, y, r, r1, I, O, ld, b.c0); break;
-                    case 4: code_sums<T, 4>(codes, table, y, r, r1, I, O, ld, b.c0); break;
-                    case 2: code_sums<T, 2>(codes, table, y, r, r1, I, O, ld, b.c0); break;
-                    default: code_sums<T, 1>(codes, table, y, r, r1, I, O, ld, b.c0);
-                }
-            }
+            for (int bi = 0; bi < count; ++bi) code_sums_any(codes, table, y, r, r1, I, O, ld, blocks[bi]);
         }
     }
 }
@@ -1064,9 +1068,21 @@ void code_grad_block(const int32_t* start, const int32_t* sample, const T* dy, i
     for (; written < K; ++written) store(written, zeros, false);
 }
 
+template <typename T>
+void code_grad_any(const int32_t* start, const int32_t* sample, const T* dy, int ld, int O, Block b,
+                   const CodePlaces<T>& at, int n, int K, T* dW_i) {
+    switch (b.nv) {
+        case 16: code_grad_block<T, 16>(start, sample, dy, ld, O, b.c0, at, n, K, dW_i); return;
+        case 8: code_grad_block<T, 8>(start, sample, dy, ld, O, b.c0, at, n, K, dW_i); return;
+        case 4: code_grad_block<T, 4>(start, sample, dy, ld, O, b.c0, at, n, K, dW_i); return;
+        case 2: code_grad_block<T, 2>(start, sample, dy, ld, O, b.c0, at, n, K, dW_i); return;
+        default: code_grad_block<T, 1>(start, sample, dy, ld, O, b.c0, at, n, K, dW_i);
+    }
+}
+
 // dL/dW over codes [rows, I]. Threads own inputs (disjoint rows of dW); each input's samples are grouped by
 // code with a stable counting sort, so every sum is taken in an order that does not depend on the number of
-// threads. At batch 1024 it took 0.85-0.86 of the time of the gather pass's dL/dW on the codes' x (two runs of
+// threads. At batch 1024 it took 0.85-0.91 of the time of the gather pass's dL/dW on the codes' x (two runs of
 // `benchmarks/kernel_ab.py --base 608fab2`), and less at every batch size tried (1-1024), so it serves every
 // call.
 template <typename T>
@@ -1095,16 +1111,8 @@ void codes_grad_weight(const uint8_t* codes, const T* dy, T* dW, int64_t rows, i
             for (int c = kCodes; c > 0; --c) start[c] = start[c - 1];
             start[0] = 0;
             T* dW_i = dW + int64_t(i) * K * O;
-            for (int bi = 0; bi < count; ++bi) {
-                const Block b = blocks[bi];
-                switch (b.nv) {
-                    case 16: code_grad_block<T, 16>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
-                    case 8: code_grad_block<T, 8>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
-                    case 4: code_grad_block<T, 4>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
-                    case 2: code_grad_block<T, 2>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i); break;
-                    default: code_grad_block<T, 1>(start.get(), sample.get(), g.rows, ld, O, b.c0, at, n, K, dW_i);
-                }
-            }
+            for (int bi = 0; bi < count; ++bi)
+                code_grad_any(start.get(), sample.get(), g.rows, ld, O, blocks[bi], at, n, K, dW_i);
         }
     }
 }

@@ -197,9 +197,9 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
 
 # The forward pass over codes builds its table of one row per code and input (kernel.cpp) from this many
 # rows on, twice the table's rows per input: at batch 1024 (16 inputs, 250 outputs, 128 segments) it took
-# 0.80-0.85 of the time of the gather pass on the codes' x (two runs of `benchmarks/kernel_ab.py --base
-# 608fab2`), at 256 rows about 0.9 of it, at 128 rows as long, and at one row 1.8x as long (building the
-# table is most of that).
+# 0.78-0.86 of the time of the gather pass on the codes' x (two runs of `benchmarks/kernel_ab.py --base
+# 608fab2`); measured ad hoc, at 256 rows about 0.9 of it, at 128 rows as long, and at one row 1.8x as long
+# (building the table is most of that).
 CODES_TABLE_ROWS = 256
 
 
