@@ -251,11 +251,23 @@ int plan_blocks(int ld, Block* blocks, int widest) {
     return count;
 }
 
+// A counting sort of rows 0 .. rows - 1 into `count` groups by key(r), stable in row order: group j holds
+// positions start[j] .. start[j + 1], and place(p, r) puts row r at position p. Stable, so every sum over a
+// group is taken in an order that depends on neither the thread count nor the schedule.
+template <typename Key, typename Place>
+inline void group_stably(int64_t rows, int count, Key key, int64_t* start, Place place) {
+    for (int j = 0; j <= count; ++j) start[j] = 0;
+    for (int64_t r = 0; r < rows; ++r) ++start[key(r) + 1];
+    for (int j = 0; j < count; ++j) start[j + 1] += start[j];
+    for (int64_t r = 0; r < rows; ++r) place(start[key(r)]++, r);  // start[j]: group j's cursor, shifted back
+    for (int j = count; j > 0; --j) start[j] = start[j - 1];
+    start[0] = 0;
+}
+
 // One input's samples, grouped by segment: per-thread scratch, filled by `fill` for input i from xt, the
-// input's column of x (all rows, contiguous). The grouping is a counting sort, stable in sample order, so
-// every sum over a bucket is taken in an order that depends on neither the thread count nor the schedule.
-// Bucket j holds positions start[j] .. start[j + 1]; position p is sample[p], with basis values (or, for
-// dL/dx, their derivatives in x) sorted[p * n + k].
+// input's column of x (all rows, contiguous), with group_stably. Bucket j holds positions start[j] ..
+// start[j + 1]; position p is sample[p], with basis values (or, for dL/dx, their derivatives in x)
+// sorted[p * n + k].
 template <typename T>
 struct Buckets {
     int64_t rows;
@@ -276,16 +288,17 @@ struct Buckets {
         locate_row(b, xt, int(rows), s, 1, 0, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
                    derivative ? dphi.get() : static_cast<T*>(nullptr));
         const T* values = derivative ? dphi.get() : phi.get();
-        for (int j = 0; j <= s; ++j) start[j] = 0;
-        for (int64_t r = 0; r < rows; ++r) ++start[first[r] + 1];
-        for (int j = 0; j < s; ++j) start[j + 1] += start[j];
-        for (int64_t r = 0; r < rows; ++r) {  // start[j] serves as bucket j's cursor, then is shifted back
-            const int64_t p = start[first[r]]++;
-            sample[p] = r;
-            for (int k = 0; k < n; ++k) sorted[p * n + k] = values[k * rows + r];
-        }
-        for (int j = s; j > 0; --j) start[j] = start[j - 1];
-        start[0] = 0;
+        // Plain copies for the lambdas to capture: capturing the members by reference made dL/dW at n = 5
+        // 1.03-1.15x slower (`benchmarks/kernel_ab.py`).
+        const int32_t* segment = first.get();
+        int64_t* order = sample.get();
+        T* to = sorted.get();
+        const int nodes = n;
+        const int64_t count = rows;
+        group_stably(rows, s, [segment](int64_t r) { return segment[r]; }, start.get(), [=](int64_t p, int64_t r) {
+            order[p] = r;
+            for (int k = 0; k < nodes; ++k) to[p * nodes + k] = values[k * count + r];
+        });
     }
 };
 
@@ -1033,7 +1046,7 @@ void codes_forward(const uint8_t* codes, const T* W, T* table, T* y, int64_t row
 // so a row is stored by the first code that reaches it and added to by the others; rows that no code reaches
 // (more segments than codes) are stored as zeros: every entry is written.
 template <typename T, int NV>
-void code_grad_block(const int32_t* start, const int32_t* sample, const T* dy, int ld, int O, int c0,
+void code_grad_block(const int64_t* start, const int64_t* sample, const T* dy, int ld, int O, int c0,
                      const CodePlaces<T>& at, int n, int K, T* dW_i) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
@@ -1051,8 +1064,8 @@ void code_grad_block(const int32_t* start, const int32_t* sample, const T* dy, i
     for (int c = 0; c < kCodes; ++c) {
         V sum[NV];
         for (int v = 0; v < NV; ++v) sum[v] = V{};
-        for (int32_t p = start[c]; p < start[c + 1]; ++p) {
-            const V* g = reinterpret_cast<const V*>(dy + int64_t(sample[p]) * ld + c0);
+        for (int64_t p = start[c]; p < start[c + 1]; ++p) {
+            const V* g = reinterpret_cast<const V*>(dy + sample[p] * ld + c0);
             for (int v = 0; v < NV; ++v) sum[v] += g[v];
         }
         for (; written < at.first[c]; ++written) store(written, zeros, false);
@@ -1069,7 +1082,7 @@ void code_grad_block(const int32_t* start, const int32_t* sample, const T* dy, i
 }
 
 template <typename T>
-void code_grad_any(const int32_t* start, const int32_t* sample, const T* dy, int ld, int O, Block b,
+void code_grad_any(const int64_t* start, const int64_t* sample, const T* dy, int ld, int O, Block b,
                    const CodePlaces<T>& at, int n, int K, T* dW_i) {
     switch (b.nv) {
         case 16: code_grad_block<T, 16>(start, sample, dy, ld, O, b.c0, at, n, K, dW_i); return;
@@ -1100,16 +1113,12 @@ void codes_grad_weight(const uint8_t* codes, const T* dy, T* dW, int64_t rows, i
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
-        std::unique_ptr<int32_t[]> start(new int32_t[kCodes + 1]), sample(new int32_t[rows]);
+        std::unique_ptr<int64_t[]> start(new int64_t[kCodes + 1]), sample(new int64_t[rows]);
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < I; ++i) {
-            for (int c = 0; c <= kCodes; ++c) start[c] = 0;
-            for (int64_t r = 0; r < rows; ++r) ++start[code_of(codes, r * I + i) + 1];
-            for (int c = 0; c < kCodes; ++c) start[c + 1] += start[c];
-            for (int64_t r = 0; r < rows; ++r)  // start[c] serves as code c's cursor, then is shifted back
-                sample[start[code_of(codes, r * I + i)]++] = int32_t(r);
-            for (int c = kCodes; c > 0; --c) start[c] = start[c - 1];
-            start[0] = 0;
+            int64_t* order = sample.get();
+            group_stably(rows, kCodes, [=](int64_t r) { return code_of(codes, r * I + i); }, start.get(),
+                         [order](int64_t p, int64_t r) { order[p] = r; });
             T* dW_i = dW + int64_t(i) * K * O;
             for (int bi = 0; bi < count; ++bi)
                 code_grad_any(start.get(), sample.get(), g.rows, ld, O, blocks[bi], at, n, K, dW_i);
