@@ -32,7 +32,7 @@ from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weig
 from .init import initialize
 from .piecewise import HighOrderLinear
 
-CODES = 128
+CODES = kernel.CODES  # one code per 7-bit character; the C++ passes over codes are built for them
 
 
 def codes_to_unit(codes: Tensor) -> Tensor:

@@ -195,23 +195,26 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+# The character codes the passes over codes serve, 0..127 (kernel.cpp's kCodes; CharacterInput's CODES).
+CODES = 128
+
 # The forward pass over codes builds its table of one row per code and input (kernel.cpp) from this many
 # rows on, twice the table's rows per input: at batch 1024 (16 inputs, 250 outputs, 128 segments) it took
 # 0.78-0.86 of the time of the gather pass on the codes' x (two runs of `benchmarks/kernel_ab.py --base
 # 608fab2`); measured ad hoc, at 256 rows about 0.9 of it, at 128 rows as long, and at one row 1.8x as long
 # (building the table is most of that).
-CODES_TABLE_ROWS = 256
+CODES_TABLE_ROWS = 2 * CODES
 
 
 def codes_table(codes: Tensor, weight: Tensor) -> Tensor:
-    """The forward pass's scratch table [in, 128, out padded to whole 64-byte vectors] (torch's allocations
+    """The forward pass's scratch table [in, CODES, out padded to whole 64-byte vectors] (torch's allocations
     start on 64-byte boundaries, as the kernel's loads need), or an empty tensor: fewer rows than
     CODES_TABLE_ROWS take the gather pass and need none."""
     if codes.shape[0] < CODES_TABLE_ROWS:
         return weight.new_empty(0)
     per_vector = 64 // weight.element_size()
     padded = -(-weight.shape[2] // per_vector) * per_vector
-    return weight.new_empty(weight.shape[0], 128, padded)
+    return weight.new_empty(weight.shape[0], CODES, padded)
 
 
 def run_codes_pass(
