@@ -72,10 +72,16 @@ def test_selective_scan_computes_bf16_inputs_in_float32() -> None:
 
 @pytest.mark.skipif(not cuda_scan_available(torch.device("cuda")), reason="needs mamba-ssm and CUDA")
 def test_cuda_kernel_agrees_with_the_pure_pytorch_scans() -> None:  # pragma: no cover - GPU machines only
-    inputs = [t.cuda() for t in scan_inputs(300, torch.float32)]
+    inputs = [t.cuda().requires_grad_() for t in scan_inputs(300, torch.float32)]
     cuda = selective_scan(*inputs, method="auto")
-    assert torch.allclose(cuda, chunked_scan(*inputs), rtol=1e-4, atol=1e-4)
+    chunked = chunked_scan(*inputs)
+    assert torch.allclose(cuda, chunked, rtol=1e-4, atol=1e-4)
     assert torch.allclose(cuda, sequential_scan(*inputs), rtol=1e-4, atol=1e-4)
+    weights = torch.randn_like(cuda)
+    got = torch.autograd.grad((cuda * weights).sum(), inputs)
+    want = torch.autograd.grad((chunked * weights).sum(), inputs)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("recipe", ["recipes/mamba.toml", "recipes/mamba_high_order.toml"])
