@@ -45,6 +45,15 @@ def langinterp_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     return home
 
 
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite is written for CI's CPU. On a GPU machine `langinterp` would pick CUDA wherever a test
+    leaves the device to it: bf16-mixed training, atomic kernels, CUDA's own random streams, none of which
+    those tests' exact checks are about. Tests that exercise CUDA carry the `gpu` mark and see the GPU."""
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture
 def fast_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Short timeouts and no backoff, so failure paths take fractions of a second."""
@@ -318,12 +327,13 @@ def assert_same_training_state(left: Path, right: Path) -> None:
 
 def child_environment(**extra: str) -> dict[str, str]:
     """The environment of a `python -m langinterp` child process: this one's, less any rank or run of its
-    own, with this checkout (installed or not) first on the path, one thread, and `extra`."""
+    own, with this checkout (installed or not) first on the path, one thread, no GPU (as the tests
+    themselves see none: `cpu_unless_marked_gpu`), and `extra`."""
     env = {
         key: value for key, value in os.environ.items() if key not in (*RANK_VARIABLES, RUN_ENV, "WORLD_SIZE")
     }
     source = str(Path(langinterp.__file__).resolve().parent.parent)
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": source, **extra}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": source, "CUDA_VISIBLE_DEVICES": "", **extra}
 
 
 def two_process_command(

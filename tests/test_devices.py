@@ -19,6 +19,8 @@ from langinterp.models import registered_types
 from langinterp.recipe import load_recipe
 from langinterp.trainable import CharLM
 
+pytestmark = pytest.mark.gpu  # exercises CUDA where there is a GPU (tests/conftest.py)
+
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 NEURAL = [path for path in RECIPES if load_recipe(path).model["type"] in registered_types()]
 

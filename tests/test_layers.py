@@ -18,6 +18,8 @@ from langinterp.layers import kernel as layer_kernel
 from langinterp.layers.basis import chebyshev_lobatto, stride, weights_per_link
 from langinterp.layers.piecewise import active_rows
 
+pytestmark = pytest.mark.gpu  # exercises CUDA where there is a GPU (tests/conftest.py)
+
 # "pure" is the dense path without the compiled kernel (its basis built by PyTorch operations), as on a
 # machine without a compiler, on CUDA or in bf16.
 PATHS = ["dense", "gather", "pure", *(["kernel", "reduced"] if layer_kernel.available() else [])]

@@ -10,6 +10,8 @@ from langinterp.models import build_model
 from langinterp.models.scan import chunked_scan, cuda_scan_available, selective_scan, sequential_scan
 from langinterp.recipe import load_recipe
 
+pytestmark = pytest.mark.gpu  # exercises CUDA where there is a GPU (tests/conftest.py)
+
 TINY = ["model.d_model=8", "model.layers=2", "model.d_state=4", "model.expand=2", "data.context=12"]
 
 

@@ -17,6 +17,8 @@ from conftest import LAYER_CASES, inputs_inside_and_outside, reference
 
 from langinterp.layers import CharacterInput, HighOrderLinear, character, codes_to_unit, piecewise, triton_ops
 
+pytestmark = pytest.mark.gpu  # exercises CUDA where there is a GPU (tests/conftest.py)
+
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.gpu  # exercises CUDA where there is a GPU (tests/conftest.py)
+
 pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parent.parent
