@@ -64,6 +64,7 @@ step() {  # step LOG SECONDS NAME COMMAND...: run COMMAND under a time limit, it
         echo "FAILED ($code) $name ($((SECONDS - began)) s)" | tee -a "$own" "$results"
     fi
     { echo "=== $name"; cat "$own"; } >>"$log"  # whole, though steps run side by side
+    rm -f "$own"
 }
 
 "$python" - <<'PY' 2>&1 | tee "$out/tests.log" || exit 1  # the environment heads the tests' log
