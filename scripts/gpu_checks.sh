@@ -144,10 +144,8 @@ step triton_kernels.log 150 "Triton kernel benchmark" "$python" benchmarks/trito
 tail -n 26 "$out/triton_kernels.log"
 
 if [ -n "$mamba_build" ]; then
-    left=$((budget - SECONDS - 130))
-    while kill -0 "$mamba_build" 2>/dev/null && [ "$left" -gt 0 ]; do
+    while kill -0 "$mamba_build" 2>/dev/null && [ $((budget - SECONDS)) -gt 130 ]; do
         sleep 5
-        left=$((left - 5))
     done
     if kill -0 "$mamba_build" 2>/dev/null; then
         kill "$mamba_build"
