@@ -1,5 +1,6 @@
-"""benchmarks/paths.py, benchmarks/kernel_ab.py and benchmarks/layers.py's forced paths: their rows on tiny
-layers (nothing timed is checked, only what the rows say), their refusals, and layers.py's profiling."""
+"""benchmarks/paths.py, benchmarks/kernel_ab.py, benchmarks/dispatch.py and benchmarks/layers.py's forced
+paths: their rows on tiny layers (nothing timed is checked, only what the rows say), their refusals, and
+layers.py's profiling."""
 
 import argparse
 import importlib.util
@@ -35,6 +36,7 @@ def load(name: str) -> ModuleType:
 paths = load("paths")
 layers = load("layers")
 kernel_ab = load("kernel_ab")
+dispatch = load("dispatch")
 
 
 @needs_kernel
@@ -235,3 +237,17 @@ def test_layers_benchmark_measures_peak_memory_without_profiler_log_lines():
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) == pytest.approx(1.0)  # 2**18 float32 values: one MiB
     assert "profiler_start" not in done.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("case", "path"), [(("input codes", 3, 5, 2, 128), "codes"), (("hidden", 4, 5, 3, 8), "kernel")]
+)
+def test_dispatch_row_times_both_routes_against_the_linear(case, path):
+    threads = torch.get_num_threads()
+    row = dispatch.measure(case, threads=1, quick=True, device="cpu")
+    torch.set_num_threads(threads)
+    assert (row["case"], row["in"], row["out"], row["n"], row["segments"]) == case
+    assert row["threads"] == 1 and row["path"] == path
+    assert all(row[key] > 0 for key in ("eager_ms", "ops_ms", "linear_in_n_ms", "eager_over_ops"))
+    assert f"| {path} |" in dispatch.table([row])

@@ -205,6 +205,24 @@ def test_triton_op_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda a, w: triton_ops.piecewise(a, w, 3, 2, 2), (x, weight))
 
 
+@pytest.mark.parametrize("op", ["piecewise", "piecewise_basis"])
+def test_eager_calls_match_the_custom_ops_bit_for_bit(op):
+    """The layers call triton_ops.apply_*: outside torch.compile the ops' bodies under a plain
+    autograd.Function (layers/eager.py), which must give what the ops give."""
+    torch.manual_seed(5)
+    x = torch.rand(40, 3, dtype=torch.float64, device=DEVICE) * 2.2 - 1.1
+    weight = torch.randn(3, 5, 4, dtype=torch.float64, device=DEVICE)
+    tensors, sizes = ((x, weight), (3, 2, 2)) if op == "piecewise" else ((x,), (5, 3, 2, 2))
+    results = []
+    for function in (getattr(triton_ops, op), getattr(triton_ops, f"apply_{op}")):
+        inputs = [t.clone().requires_grad_() for t in tensors]
+        y = function(*inputs, *sizes)
+        y.backward(torch.ones_like(y))
+        results.append([y.detach(), *(t.grad for t in inputs)])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 @pytest.fixture
 def deterministic_mode_kept():
     """Whatever deterministic mode a test sets, the next test starts with the one before it."""

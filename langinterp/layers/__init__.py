@@ -4,6 +4,7 @@
 - piecewise.py: HighOrderLinear and the choice of fast path (dense basis, CPU kernel, Triton, gather).
 - kernel.cpp / kernel.py: the CPU gather kernel, built on first use, exposed as torch custom ops.
 - triton_kernels.py / triton_ops.py: the same passes for CUDA in Triton, exposed as torch custom ops.
+- eager.py: the layers' calls of those ops, through a plain autograd.Function outside torch.compile.
 - character.py: CharacterInput, the input layer over character codes as a table lookup.
 - init.py, norm.py, refine.py: initialisations, normalisations, h/p-refinement.
 

@@ -133,12 +133,12 @@ def _kernel_op(codes: Tensor, weight: Tensor):
 def _cpu_kernel(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """kernel.character_lookup on codes [rows, length]: the layer checks that they lie in 0..127 (outside
     torch.compile), so uint8 holds them; the kernel keeps any other inside its table."""
-    return kernel.character_lookup(codes.to(torch.uint8), weight, n, segments, step)
+    return kernel.apply_character_lookup(codes.to(torch.uint8), weight, n, segments, step)
 
 
 def _triton_gather(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """Triton's gather kernel on the codes' x, which is exact in every float type (odd numbers of 128ths)."""
-    return triton_ops.piecewise((codes.to(weight.dtype) + 0.5) / 64 - 1, weight, n, segments, step)
+    return triton_ops.apply_piecewise((codes.to(weight.dtype) + 0.5) / 64 - 1, weight, n, segments, step)
 
 
 def _table(weight: Tensor, rows: Tensor, phi: Tensor, step: int | None) -> Tensor:

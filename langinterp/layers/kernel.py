@@ -33,7 +33,9 @@ How: kernel.cpp includes no torch headers, so the system C++ compiler builds it 
 on first use (native.py: cached, keyed by source, compiler and CPU, written atomically). Each call uses
 ``torch.get_num_threads()`` threads, or fewer when the call is too small to repay waking them. The calls
 are wrapped as ``torch.library`` custom ops with fake (meta) implementations and a registered autograd
-formula, so autograd and ``torch.compile`` see one op.
+formula, so autograd and ``torch.compile`` see one op. The layers call them through ``apply_*`` (eager.py):
+the ops under torch.compile, else their bodies under a plain autograd.Function, without the dispatcher's
+cost per call (5-8% of a forward and backward pass of the input layers at batch 1024, README).
 
 If there is no compiler, or ``LANGINTERP_KERNEL=0``, :func:`available` is False and the layers fall back to
 pure PyTorch (see piecewise.py). Only float32 and float64 CPU tensors are handled here.
@@ -47,6 +49,7 @@ import torch
 from torch import Tensor
 
 from .. import native
+from .eager import eager_or_op
 
 SOURCE = Path(__file__).with_name("kernel.cpp")
 DTYPES = native.DTYPES
@@ -160,10 +163,12 @@ def run_pass(
     return result
 
 
-@torch.library.custom_op("langinterp::piecewise", mutates_args=())
-def piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+def _piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """y[r, o] = sum_i sum_k phi_k(t_ri) weight[i, j_ri * step + k, o]; x [rows, in], weight [in, K, out]."""
     return run_pass("forward", x.contiguous(), weight.contiguous(), None, n, segments, step)
+
+
+piecewise = torch.library.custom_op("langinterp::piecewise", _piecewise, mutates_args=())
 
 
 @piecewise.register_fake
@@ -171,12 +176,16 @@ def _(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     return x.new_empty(x.shape[0], weight.shape[2])
 
 
-@torch.library.custom_op("langinterp::piecewise_grad_weight", mutates_args=())
-def piecewise_grad_weight(
+def _piecewise_grad_weight(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape (the gradient is linear in phi)."""
     return run_pass("grad_weight", x.contiguous(), weight, grad.contiguous(), n, segments, step)
+
+
+piecewise_grad_weight = torch.library.custom_op(
+    "langinterp::piecewise_grad_weight", _piecewise_grad_weight, mutates_args=()
+)
 
 
 @piecewise_grad_weight.register_fake
@@ -184,10 +193,16 @@ def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int)
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("langinterp::piecewise_grad_input", mutates_args=())
-def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+def _piecewise_grad_input(
+    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
+) -> Tensor:
     """dL/dx = segments * sum_k phi_k'(t) <weight row, grad>."""
     return run_pass("grad_input", x.contiguous(), weight.contiguous(), grad.contiguous(), n, segments, step)
+
+
+piecewise_grad_input = torch.library.custom_op(
+    "langinterp::piecewise_grad_input", _piecewise_grad_input, mutates_args=()
+)
 
 
 @piecewise_grad_input.register_fake
@@ -240,11 +255,13 @@ def run_codes_pass(
     return result
 
 
-@torch.library.custom_op("langinterp::character_lookup", mutates_args=())
-def character_lookup(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+def _character_lookup(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """y[r, o] = sum_i sum_k phi_k(t_c) weight[i, j_c * step + k, o] for c = codes[r, i] (uint8, 0..127) at
     x = (c + 0.5) / 64 - 1: piecewise on those x, by a table of one row per code (kernel.cpp)."""
     return run_codes_pass("codes_forward", codes.contiguous(), weight.contiguous(), None, n, segments, step)
+
+
+character_lookup = torch.library.custom_op("langinterp::character_lookup", _character_lookup, mutates_args=())
 
 
 @character_lookup.register_fake
@@ -252,14 +269,18 @@ def _(codes: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor
     return weight.new_empty(codes.shape[0], weight.shape[2])
 
 
-@torch.library.custom_op("langinterp::character_lookup_grad_weight", mutates_args=())
-def character_lookup_grad_weight(
+def _character_lookup_grad_weight(
     codes: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight of character_lookup; ``weight`` supplies only the shape."""
     return run_codes_pass(
         "codes_grad_weight", codes.contiguous(), weight, grad.contiguous(), n, segments, step
     )
+
+
+character_lookup_grad_weight = torch.library.custom_op(
+    "langinterp::character_lookup_grad_weight", _character_lookup_grad_weight, mutates_args=()
+)
 
 
 @character_lookup_grad_weight.register_fake
@@ -294,8 +315,7 @@ def run_dense_pass(
     return result
 
 
-@torch.library.custom_op("langinterp::piecewise_basis", mutates_args=())
-def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0) -> Tensor:
+def _piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0) -> Tensor:
     """The [rows, in*(K - drop)] basis matrix of the dense path: phi at each input's n active columns, zero
     elsewhere; with ``drop`` = 1 without each input's first node (the reduced basis of piecewise.py).
 
@@ -305,17 +325,24 @@ def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int, drop: i
     return run_dense_pass("dense_basis", x.contiguous(), None, K, n, segments, step, drop)
 
 
+piecewise_basis = torch.library.custom_op("langinterp::piecewise_basis", _piecewise_basis, mutates_args=())
+
+
 @piecewise_basis.register_fake
 def _(x: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0) -> Tensor:
     return x.new_empty(x.shape[0], x.shape[1] * (K - drop))
 
 
-@torch.library.custom_op("langinterp::piecewise_basis_grad", mutates_args=())
-def piecewise_basis_grad(
+def _piecewise_basis_grad(
     x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int, drop: int = 0
 ) -> Tensor:
     """dL/dx[r, i] = sum_k dphi_k/dx grad[r, active column k of input i] (grad: dL/dbasis = dy @ W^T)."""
     return run_dense_pass("dense_grad_input", x.contiguous(), grad.contiguous(), K, n, segments, step, drop)
+
+
+piecewise_basis_grad = torch.library.custom_op(
+    "langinterp::piecewise_basis_grad", _piecewise_basis_grad, mutates_args=()
+)
 
 
 @piecewise_basis_grad.register_fake
@@ -373,4 +400,16 @@ piecewise.register_autograd(
 
 character_lookup.register_autograd(
     backward_with(None, character_lookup_grad_weight), setup_context=setup_context
+)
+
+# What the layers call: these ops while torch.compile traces, else their bodies under a plain
+# autograd.Function (eager.py), without the dispatcher's cost per call.
+apply_piecewise = eager_or_op(
+    piecewise, _piecewise, setup_context, backward_with(_piecewise_grad_input, _piecewise_grad_weight)
+)
+apply_character_lookup = eager_or_op(
+    character_lookup, _character_lookup, setup_context, backward_with(None, _character_lookup_grad_weight)
+)
+apply_piecewise_basis = eager_or_op(
+    piecewise_basis, _piecewise_basis, basis_setup_context, basis_backward_with(_piecewise_basis_grad)
 )

@@ -92,9 +92,9 @@ def _basis_op(x: Tensor, weight: Tensor):
     """The op that builds the dense path's basis matrix (with its dL/dx) in one pass: the C kernel's on the
     CPU, Triton's on CUDA; None where neither runs, and PyTorch operations build it instead."""
     if kernel.supports(x, weight):
-        return kernel.piecewise_basis
+        return kernel.apply_piecewise_basis
     if triton_ops.supports_dense(x, weight):
-        return triton_ops.piecewise_basis
+        return triton_ops.apply_piecewise_basis
     return None
 
 
@@ -187,9 +187,9 @@ class HighOrderLinear(nn.Module):
         elif path == "reduced":
             y = reduced_linear(flat, weight, self.n, self.segments, step)
         elif path == "kernel":
-            y = kernel.piecewise(flat, weight, self.n, self.segments, step)
+            y = kernel.apply_piecewise(flat, weight, self.n, self.segments, step)
         elif path == "triton":
-            y = triton_ops.piecewise(flat, weight, self.n, self.segments, step)
+            y = triton_ops.apply_piecewise(flat, weight, self.n, self.segments, step)
         elif path == "dense" and (basis_op := _basis_op(flat, weight)):
             y = basis_op(flat, K, self.n, self.segments, step) @ table
         else:

@@ -59,5 +59,5 @@ def reduced_linear(x: Tensor, weight: Tensor, n: int, segments: int, step: int) 
     """y [rows, out] of the layer with node weights [in, K, out] (K >= 2) on x [rows, in], through the
     reduced basis; CPU tensors in float32 or float64 (the compiled kernel builds the basis)."""
     table, bias = FoldFirstNode.apply(weight)
-    basis = kernel.piecewise_basis(x, weight.shape[1], n, segments, step, 1)
+    basis = kernel.apply_piecewise_basis(x, weight.shape[1], n, segments, step, 1)
     return torch.addmm(bias, basis, table)

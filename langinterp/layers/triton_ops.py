@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .basis import chebyshev_lobatto
+from .eager import eager_or_op
 from .kernel import backward_with, basis_backward_with, basis_setup_context, setup_context
 
 FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -149,8 +150,7 @@ def _tiles(count: int, size: int) -> int:
     return -(-count // size)
 
 
-@torch.library.custom_op("langinterp::piecewise_triton", mutates_args=())
-def piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+def _piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """y[r, o] = sum_i sum_k phi_k(t_ri) weight[i, j_ri * step + k, o]; x [rows, in], weight [in, K, out]."""
     x, weight = x.contiguous(), weight.contiguous()
     rows, outputs = x.shape[0], weight.shape[2]
@@ -163,13 +163,17 @@ def piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Te
     return y
 
 
+piecewise = torch.library.custom_op("langinterp::piecewise_triton", _piecewise, mutates_args=())
+
+
 @piecewise.register_fake
 def _(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     return x.new_empty(x.shape[0], weight.shape[2], dtype=weight.dtype)
 
 
-@torch.library.custom_op("langinterp::piecewise_triton_grad_input", mutates_args=())
-def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
+def _piecewise_grad_input(
+    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
+) -> Tensor:
     """dL/dx = dt/dx sum_k phi_k'(t) <weight row, grad>."""
     x, grad, weight = x.contiguous(), grad.contiguous(), weight.contiguous()
     result = torch.empty_like(x)  # the kernel writes every entry
@@ -180,13 +184,17 @@ def piecewise_grad_input(x: Tensor, grad: Tensor, weight: Tensor, n: int, segmen
     return result
 
 
+piecewise_grad_input = torch.library.custom_op(
+    "langinterp::piecewise_triton_grad_input", _piecewise_grad_input, mutates_args=()
+)
+
+
 @piecewise_grad_input.register_fake
 def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-@torch.library.custom_op("langinterp::piecewise_triton_grad_weight", mutates_args=())
-def piecewise_grad_weight(
+def _piecewise_grad_weight(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape and type (the gradient is linear in phi)."""
@@ -217,6 +225,11 @@ def piecewise_grad_weight(
     return total.to(weight.dtype)
 
 
+piecewise_grad_weight = torch.library.custom_op(
+    "langinterp::piecewise_triton_grad_weight", _piecewise_grad_weight, mutates_args=()
+)
+
+
 @piecewise_grad_weight.register_fake
 def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
@@ -227,8 +240,7 @@ piecewise.register_autograd(
 )
 
 
-@torch.library.custom_op("langinterp::piecewise_triton_basis", mutates_args=())
-def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+def _piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
     """The dense path's [rows, in*K] basis matrix (kernel.piecewise_basis's, in one Triton kernel)."""
     x = x.contiguous()
     rows, inputs = x.shape
@@ -239,13 +251,17 @@ def piecewise_basis(x: Tensor, K: int, n: int, segments: int, step: int) -> Tens
     return basis
 
 
+piecewise_basis = torch.library.custom_op(
+    "langinterp::piecewise_triton_basis", _piecewise_basis, mutates_args=()
+)
+
+
 @piecewise_basis.register_fake
 def _(x: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
     return x.new_empty(x.shape[0], x.shape[1] * K)
 
 
-@torch.library.custom_op("langinterp::piecewise_triton_basis_grad", mutates_args=())
-def piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
+def _piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
     """dL/dx from dL/dbasis = dL/dy @ W^T (kernel.piecewise_basis_grad's, in one Triton kernel)."""
     x, grad = x.contiguous(), grad.contiguous()
     rows, inputs = x.shape
@@ -256,6 +272,11 @@ def piecewise_basis_grad(x: Tensor, grad: Tensor, K: int, n: int, segments: int,
     return result
 
 
+piecewise_basis_grad = torch.library.custom_op(
+    "langinterp::piecewise_triton_basis_grad", _piecewise_basis_grad, mutates_args=()
+)
+
+
 @piecewise_basis_grad.register_fake
 def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -263,4 +284,13 @@ def _(x: Tensor, grad: Tensor, K: int, n: int, segments: int, step: int) -> Tens
 
 piecewise_basis.register_autograd(
     basis_backward_with(piecewise_basis_grad), setup_context=basis_setup_context
+)
+
+# What the layers call: these ops while torch.compile traces, else their bodies under a plain
+# autograd.Function (eager.py), without the dispatcher's cost per call.
+apply_piecewise = eager_or_op(
+    piecewise, _piecewise, setup_context, backward_with(_piecewise_grad_input, _piecewise_grad_weight)
+)
+apply_piecewise_basis = eager_or_op(
+    piecewise_basis, _piecewise_basis, basis_setup_context, basis_backward_with(_piecewise_basis_grad)
 )

@@ -1,0 +1,108 @@
+"""The layers' eager calls against the same calls through the custom ops' dispatcher.
+
+    python benchmarks/dispatch.py [--quick] [--device cpu|cuda] [--out FILE]
+
+For every case of benchmarks/layers.py at batch 1024 (on the CPU with one thread and with all threads, or
+once on the GPU), it times a forward+backward pass of our layer as it runs (its kernel passes through a
+plain autograd.Function, layers/eager.py), the same pass with every call routed through the custom ops
+instead (``eager.through_custom_ops``: the dispatcher, the ops' autograd wrapper and their gradient ops, as
+torch.compile sees them), and nn.Linear(in*n, out). The three take turns in one process; each ratio is the
+median of the turn-by-turn ratios. Layers whose path runs no custom op (the kink basis) time the same
+code twice, which shows the noise. Prints a table; writes JSON {"rows": [{"case", "in", "out", "n",
+"segments", "threads", "device", "path", "eager_ms", "ops_ms", "linear_in_n_ms", "eager_over_ops",
+"eager_over_linear", "ops_over_linear"}]} to --out (default benchmarks/results/dispatch.json).
+"""
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from layers import BATCH, CASES, layer_and_input, pass_of, path_taken, synchronized, turns_ms
+from torch import nn
+
+from langinterp.layers.eager import through_custom_ops
+
+
+def routed_through_ops(step: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with through_custom_ops():
+            step()
+
+    return run
+
+
+def median_ratio(top: list[float], bottom: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
+
+
+def measure(case: tuple, threads: int, quick: bool, device: str) -> dict:
+    name, inputs, outputs, n, segments = case
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    hidden = name == "hidden"
+    layer, x = layer_and_input(case, device)
+    x.requires_grad_(hidden)
+    wide = torch.randn(BATCH, inputs * n, device=device, requires_grad=hidden)
+    eager = pass_of(layer, x)
+    steps = {
+        "eager": eager,
+        "ops": routed_through_ops(eager),
+        "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False).to(device), wide),
+    }
+    if device == "cuda":
+        steps = {key: synchronized(step) for key, step in steps.items()}
+    repeats, warmup = (7, 2) if quick else (41, 3)
+    turns = turns_ms(steps, repeats, warmup)
+    row = {
+        "case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads,
+        "device": device, "path": path_taken(layer, x),
+    }  # fmt: skip
+    for key, milliseconds in turns.items():
+        row[f"{key}_ms"] = statistics.median(milliseconds)
+    row["eager_over_ops"] = median_ratio(turns["eager"], turns["ops"])
+    row["eager_over_linear"] = median_ratio(turns["eager"], turns["linear_in_n"])
+    row["ops_over_linear"] = median_ratio(turns["ops"], turns["linear_in_n"])
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    header = (
+        "| case | in | out | n | segments | threads | path | eager ms | through ops ms | Linear(in*n) ms "
+        "| eager / ops | eager / Linear(in*n) | ops / Linear(in*n) |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
+            f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} | {r['path']} "
+            f"| {r['eager_ms']:.2f} | {r['ops_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
+            f"| {r['eager_over_ops']:.3f} | {r['eager_over_linear']:.2f} | {r['ops_over_linear']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer turns; well under a minute on 2 cores")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the layers run")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dispatch.json"
+    )
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU, and torch sees none")
+    all_threads = torch.get_num_threads()
+    counts = sorted({1, all_threads}) if args.device == "cpu" else [all_threads]
+    rows = [measure(case, threads, args.quick, args.device) for case in CASES for threads in counts]
+    torch.set_num_threads(all_threads)
+    print(table(rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

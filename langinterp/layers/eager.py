@@ -1,0 +1,70 @@
+"""The layers' custom ops called eagerly through a plain autograd.Function, past the dispatcher.
+
+The passes of kernel.py and triton_ops.py are ``torch.library`` custom ops, so that torch.compile sees one
+opaque op with a fake implementation. Called eagerly, such an op travels a long way through Python: the
+dispatcher to its autograd wrapper, a redispatch to its body behind a dynamo guard, and the same again for
+every gradient op of the backward pass. On this project's 2-core CPU that cost about 0.1 ms per op and
+direction, next to a forward and backward pass of `nn.Linear(32, 250)` at batch 1024 of about 0.8 ms (the
+README gives the measurement). ``eager_or_op`` hands the layers one callable: on plain tensors with
+storage, outside torch.compile, an autograd.Function running the op's own body forward and the same
+backward formula over the gradient ops' bodies, so both give the same results to the bit; else the custom
+op, whose fake implementation serves the meta device, fake tensors and torch.compile's tracing, and whose
+dispatcher serves tensor subclasses.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+_through_ops = False  # set inside through_custom_ops()
+
+
+@contextmanager
+def through_custom_ops() -> Iterator[None]:
+    """Inside this block every eager_or_op callable calls its custom op, the dispatcher included: what the
+    layers did before eager.py, kept to measure the difference (benchmarks/dispatch.py) and to rule it out
+    when something looks wrong."""
+    global _through_ops
+    previous, _through_ops = _through_ops, True
+    try:
+        yield
+    finally:
+        _through_ops = previous
+
+
+def _has_storage(tensor: Tensor) -> bool:
+    """A plain tensor or parameter holding data: not meta, not a subclass (fake tensors, DTensor, ...)."""
+    return type(tensor) in (Tensor, nn.Parameter) and tensor.device.type != "meta"
+
+
+def eager_or_op(
+    op: Callable[..., Tensor],
+    body: Callable[..., Tensor],
+    setup_context: Callable[..., None],
+    backward: Callable[..., tuple],
+) -> Callable[..., Tensor]:
+    """A callable with op's arguments: autograd over ``body`` (op's implementation), ``setup_context`` and
+    ``backward`` (op's autograd formula, over the gradient ops' bodies) when every tensor argument has
+    storage and torch.compile is not tracing, else op itself. Pass every argument positionally: the context
+    sees exactly the arguments given."""
+    function = type(
+        f"Eager_{body.__name__.strip('_')}",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(body),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(once_differentiable(backward)),
+        },
+    )
+
+    def call(*args) -> Tensor:
+        tensors = (a for a in args if isinstance(a, Tensor))
+        if _through_ops or torch.compiler.is_compiling() or not all(map(_has_storage, tensors)):
+            return op(*args)
+        return function.apply(*args)
+
+    call.__doc__ = f"{body.__doc__}\n\nEager calls run through an autograd.Function (eager.py)."
+    return call
