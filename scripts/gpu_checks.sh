@@ -19,7 +19,8 @@
 #    against cuBLAS), the same for the 2-segment cases forced onto the Triton path (on CUDA they take the
 #    dense path: would Triton be faster?), for the many-segment cases forced onto the dense path (a basis
 #    matrix K/n times a Linear's input, but cuBLAS: at batch 1024, is it faster than the Triton kernels, and
-#    up to which K?) and for the 2-segment n = 2 case on the kink basis (would kinks be faster?), then
+#    up to which K?) and for the 2-segment n = 2 case on the kink basis (would kinks be faster?),
+#    benchmarks/dispatch.py --device cuda (the layers' eager calls against the custom ops' dispatcher), then
 #    benchmarks/triton_kernels.py (the kernels' variants alone).
 # 3. With mamba-ssm built: tests/test_mamba.py with it (its kernel against the pure-PyTorch scans, in y and
 #    in every gradient), and `recipes/mamba.toml` trained, generated from and evaluated with it.
@@ -139,6 +140,9 @@ tail -n 12 "$out/layers_cuda.log"
 step layers_cuda.log 60 "layer benchmark, 2 segments on the kink basis" "$python" benchmarks/layers.py \
     --device cuda --passes --quick --path kinks --segments 2 --out /tmp/layers_cuda_kinks.json
 tail -n 8 "$out/layers_cuda.log"
+step layers_cuda.log 60 "eager calls against the dispatcher" "$python" benchmarks/dispatch.py --device cuda \
+    --out /tmp/dispatch_cuda.json
+tail -n 10 "$out/layers_cuda.log"
 step triton_kernels.log 150 "Triton kernel benchmark" "$python" benchmarks/triton_kernels.py \
     --out "$out/triton_kernels.json"
 tail -n 26 "$out/triton_kernels.log"
