@@ -95,9 +95,9 @@ class CharacterInput(nn.Module):
         if codes.device.type == "cpu" and not torch.compiler.is_compiling() and codes.numel():
             # A code out of range would silently read another position's row; checked where it is cheap
             # (on CUDA it would cost a synchronisation per call).
-            low, high = codes.aminmax()
+            low, high = map(int, codes.aminmax())
             if low < 0 or high >= CODES:
-                raise ValueError(f"character codes must lie in 0..{CODES - 1}, got {int(low)}..{int(high)}")
+                raise ValueError(f"character codes must lie in 0..{CODES - 1}, got {low}..{high}")
         weight = self.weight
         flat = codes.reshape(-1, self.length)
         op = _kernel_op(flat, weight)

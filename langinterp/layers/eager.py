@@ -50,14 +50,18 @@ def eager_or_op(
     ``backward`` (op's autograd formula, over the gradient ops' bodies) when every tensor argument has
     storage and torch.compile is not tracing, else op itself. Pass every argument positionally: the context
     sees exactly the arguments given."""
+
+    def forward(ctx, *args) -> Tensor:
+        output = body(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    # forward takes ctx itself: with a separate setup_context, Function.apply binds the arguments to
+    # forward's signature through inspect on every call, which costs more than the rest of the call.
     function = type(
         f"Eager_{body.__name__.strip('_')}",
         (torch.autograd.Function,),
-        {
-            "forward": staticmethod(body),
-            "setup_context": staticmethod(setup_context),
-            "backward": staticmethod(once_differentiable(backward)),
-        },
+        {"forward": staticmethod(forward), "backward": staticmethod(once_differentiable(backward))},
     )
 
     def call(*args) -> Tensor:
