@@ -35,7 +35,7 @@ on first use (native.py: cached, keyed by source, compiler and CPU, written atom
 are wrapped as ``torch.library`` custom ops with fake (meta) implementations and a registered autograd
 formula, so autograd and ``torch.compile`` see one op. The layers call them through ``apply_*`` (eager.py):
 the ops under torch.compile, else their bodies under a plain autograd.Function, without the dispatcher's
-cost per call (the input layers' forward and backward pass at batch 1024 takes 0.86-0.95 of the time, README).
+cost per call (the input layers' forward and backward pass at batch 1024 takes 0.86-0.92 of the time, README).
 
 If there is no compiler, or ``LANGINTERP_KERNEL=0``, :func:`available` is False and the layers fall back to
 pure PyTorch (see piecewise.py). Only float32 and float64 CPU tensors are handled here.
