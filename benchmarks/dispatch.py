@@ -14,13 +14,12 @@ code twice, which shows the noise. Prints a table; writes JSON {"rows": [{"case"
 """
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from layers import BATCH, CASES, layer_and_input, pass_of, path_taken, synchronized, turns_ms
+from layers import BATCH, CASES, layer_and_input, pass_of, path_taken, save, synchronized, turns_ms
 from torch import nn
 
 from langinterp.layers.eager import through_custom_ops
@@ -99,9 +98,7 @@ def main() -> None:
     rows = [measure(case, threads, args.quick, args.device) for case in CASES for threads in counts]
     torch.set_num_threads(all_threads)
     print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":

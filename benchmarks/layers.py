@@ -341,6 +341,13 @@ def path_problem(path: str, device: str) -> str | None:
     return None
 
 
+def save(out: Path, result: dict) -> None:
+    """The benchmark's JSON into ``out`` (its folder made first), and a line saying where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def chosen_cases(segments: list[int] | None, path: str) -> list[tuple]:
     """The cases to run: those with one of ``segments`` (all when None), less the layer over codes when a
     path is forced, and only those with n = 2 for the kink basis (the layers are continuous)."""
@@ -389,9 +396,7 @@ def main() -> None:
         print()
         print(passes_table(result["passes"]))
     torch.set_num_threads(all_threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(args.out, result)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ reduced basis has its own threshold there), --case runs only the cases given. Pr
 """
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import torch
-from layers import BATCH, forward_of, pass_of, turns_ms
+from layers import BATCH, forward_of, pass_of, save, turns_ms
 from torch import nn
 
 from langinterp.layers import HighOrderLinear, kernel
@@ -148,9 +147,7 @@ def main() -> None:
     passes = "forward passes without autograd" if args.inference else "forward+backward"
     print(f"{passes}, batch {args.batch}, {args.width} inputs and outputs")
     print(table(rows))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":
