@@ -1,13 +1,15 @@
 """The CPU kernel against an earlier version of itself: each pass of both builds, taking turns.
 
-    python benchmarks/kernel_ab.py [--base REV] [--turns N] [--case IN:OUT:N:SEGMENTS ...] [--out FILE]
+    python benchmarks/kernel_ab.py [--base REV] [--turns N] [--case IN:OUT:N:SEGMENTS ...] [--rows N]
+                                   [--out FILE]
 
 On a shared machine whose speed moves by up to 2x between runs, two runs of benchmarks/layers.py cannot
 tell a 10% change in the kernel from a change in the load. This script builds langinterp/layers/kernel.cpp
 as committed at --base (default HEAD) and as it is in the working tree, loads both into this one process
 and, for each case of benchmarks/layers.py on real inputs that takes the kernel (more than
 max(floor(1.5n), 3) + 1 weights per link), calls each pass (forward, dL/dW, dL/dx) of the two builds
-alternately on the same tensors at batch 1024, with one thread and with all threads; likewise the two
+alternately on the same tensors at batch 1024 (--rows: another batch; below K rows the forward pass and
+dL/dx take the bucketed passes, as in generation), with one thread and with all threads; likewise the two
 passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for the cases that take it, and the two
 passes of the layer over character codes (forward, dL/dW) for its case: the base's passes over codes, or,
 at a base without them, its gather passes on the codes' x (what that layer ran then). --case replaces the
@@ -16,8 +18,9 @@ nor the codes' are compared. It reports the median time of each build, the media
 ratios (working tree / base: below 1 is faster) and the largest difference between the two builds' results
 relative to the largest entry (0 when both compute the same sums in the same order). The dense passes are
 compared only when the base's take the reduced basis's ``drop`` argument too (from the commit that added it
-on), as the working tree's calls pass it. Prints a table per path; writes JSON {"rows": [...],
-"dense_rows": [...], "codes_rows": [...]} to --out (default benchmarks/results/kernel_ab.json)."""
+on), as the working tree's calls pass it. Prints a table per path; writes JSON {"base": REV, "batch": N,
+"rows": [...], "dense_rows": [...], "codes_rows": [...]} to --out (default
+benchmarks/results/kernel_ab.json)."""
 
 import argparse
 import ctypes
@@ -213,10 +216,13 @@ def main() -> None:
         action="append",
         help="IN:OUT:N:SEGMENTS, a continuous layer to compare instead of the benchmark's (repeatable)",
     )
+    parser.add_argument("--rows", type=int, default=BATCH, help="the batch size of every call")
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernel_ab.json"
     )
     args = parser.parse_args()
+    if args.rows < 1:
+        parser.error(f"--rows must be at least 1, got {args.rows}")
     with tempfile.TemporaryDirectory() as folder:
         try:
             base_source = source_at(args.base, Path(folder))
@@ -229,7 +235,7 @@ def main() -> None:
     thread_counts = sorted({1, all_threads})
     measured = {
         dense: [
-            measure(base, work, case, threads, args.turns, dense)
+            measure(base, work, case, threads, args.turns, dense, rows=args.rows)
             for case in args.case or real_cases(dense)  # --case leaves out the dense passes
             for threads in thread_counts
         ]
@@ -237,12 +243,15 @@ def main() -> None:
         if compare_dense or not dense
     }
     codes_rows = [
-        measure_codes(base, work, case, threads, args.turns)
+        measure_codes(base, work, case, threads, args.turns, rows=args.rows)
         for case in ([] if args.case else codes_cases())
         for threads in thread_counts
     ]
     torch.set_num_threads(all_threads)
-    print(f"working tree against {args.base}: ms of the working tree (of the base), ratio = tree / base")
+    print(
+        f"working tree against {args.base} at batch {args.rows}:"
+        " ms of the working tree (of the base), ratio = tree / base"
+    )
     print(table(measured[False], PASSES))
     print()
     if compare_dense:
@@ -258,6 +267,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "base": args.base,
+        "batch": args.rows,
         "rows": measured[False],
         "dense_rows": measured.get(True, []),
         "codes_rows": codes_rows,

@@ -4,6 +4,7 @@ layers.py's profiling."""
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -225,6 +226,31 @@ def test_kernel_ab_takes_kernel_cases_from_the_command_line(tmp_path):
 def test_kernel_ab_refuses_an_unknown_revision(tmp_path):
     last = refusal(tmp_path, "kernel_ab.py", "--base", "no-such-rev")
     assert last.startswith("kernel_ab.py: error: no kernel.cpp at 'no-such-rev'")
+
+
+def test_kernel_ab_refuses_a_batch_below_one(tmp_path):
+    last = refusal(tmp_path, "kernel_ab.py", "--rows", "0")
+    assert last == "kernel_ab.py: error: --rows must be at least 1, got 0"
+
+
+@needs_kernel
+def test_kernel_ab_runs_at_the_batch_it_is_given(tmp_path):
+    out = tmp_path / "ab.json"
+    arguments = ["--case", "5:20:3:8", "--rows", "3", "--turns", "1", "--out", out]
+    done = subprocess.run(
+        [sys.executable, ROOT / "benchmarks" / "kernel_ab.py", *arguments],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "against HEAD at batch 3:" in done.stdout
+    result = json.loads(out.read_text())
+    assert result["batch"] == 3 and result["dense_rows"] == [] and result["codes_rows"] == []
+    assert result["rows"] and all(
+        (row["in"], row["out"], row["n"], row["segments"]) == (5, 20, 3, 8) and row[f"{name}_ratio"] > 0
+        for row in result["rows"]
+        for name in kernel_ab.PASSES
+    )
 
 
 def test_layers_benchmark_measures_peak_memory_without_profiler_log_lines():

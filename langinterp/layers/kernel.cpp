@@ -293,7 +293,23 @@ struct Buckets {
         const int32_t* segment = first.get();
         int64_t* order = sample.get();
         T* to = sorted.get();
-        const int nodes = n;
+        switch (n) {
+            case 1: group<1>(segment, values, order, to); break;
+            case 2: group<2>(segment, values, order, to); break;
+            case 3: group<3>(segment, values, order, to); break;
+            case 4: group<4>(segment, values, order, to); break;
+            case 5: group<5>(segment, values, order, to); break;
+            default: group<0>(segment, values, order, to);
+        }
+    }
+
+    // The sort itself, with the node count known at compile time (N = 0: n at run time), so that the copy
+    // of each row's n values unrolls: with a loop over n it took most of the sort's time (by `perf`, about a
+    // fifth of dL/dW's at n = 3). Not inlined: inlined copies for every n made GCC spill the bucket
+    // pointers of the bucketed forward pass, 1.5x its time at batch 1 with 128 segments.
+    template <int N>
+    __attribute__((noinline)) void group(const int32_t* segment, const T* values, int64_t* order, T* to) {
+        const int nodes = N > 0 ? N : n;
         const int64_t count = rows;
         group_stably(rows, s, [segment](int64_t r) { return segment[r]; }, start.get(), [=](int64_t p, int64_t r) {
             order[p] = r;
@@ -357,8 +373,12 @@ void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, 
     }
 }
 
-// Register blocks per node count: n accumulator rows of nv vectors plus one row of dy fit the 32 registers.
-inline int max_vectors(int n) { return n <= 2 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 : 1)); }
+// Register blocks per node count: the n rows of nv vectors held in registers (dL/dW's sums, the bucketed
+// forward pass's weights) and the row streaming past them fit the 32 registers. n = 3 takes 8 vectors
+// (3 * 8 + 8): half the passes over each bucket of 4. With the sort's copies unrolled (Buckets::group), by
+// `benchmarks/kernel_ab.py`: dL/dW 0.96-0.98 of its time at batch 1024; at batches 1 and 8 (bucketed
+// forward passes too) the forward pass 0.77-0.90, dL/dW 0.88-0.97.
+inline int max_vectors(int n) { return n <= 3 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 : 1)); }
 
 // dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
 // on the number of threads. Every entry is stored (grad_weight_block), so dW need not be zeroed first.
