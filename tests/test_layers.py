@@ -501,13 +501,14 @@ def test_kernel_results_do_not_depend_on_where_rows_start(outputs):
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("outputs", [5, 32, 37, 83])
-@pytest.mark.parametrize("rows", [9, 53])
+@pytest.mark.parametrize("rows", [1, 9, 53])
 def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n, s, dtype, outputs, rows):
     # Outputs: fewer than one vector, whole vectors (rows used in place), whole vectors plus a part (rows
     # padded), and 83 (blocks of two widths in the tiled passes); n = 7 takes the kernels' run-time-n code,
     # n = 2 the difference rows of dL/dx (continuous: neighbouring rows; discontinuous: rows 2j and 2j + 1).
     # 9 rows take the bucketed passes, 53 the tiled ones (at least a table's K rows per input): buckets of
     # every size, some empty, odd counts for the multi-sample loops and a part-filled last group of rows.
+    # 1 row (at most a quarter of a row per segment) takes the direct forward pass.
     layer = make(kind, n, s, inputs=6, outputs=outputs, path="kernel", dtype=dtype, initialization="uniform")
     x = (torch.rand(rows, 6, dtype=dtype) * 2.2 - 1.1).requires_grad_()
     weights = torch.randn(rows, outputs, dtype=dtype)
@@ -530,18 +531,19 @@ def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n
     ("kind", "n", "s", "inputs"),
     [("continuous", 2, 8, 37), ("discontinuous", 3, 4, 5), ("discontinuous", 1, 16, 19)],
 )
-def test_tiled_forward_adds_the_same_products_in_the_same_order_as_the_bucketed_one(
-    kind, n, s, inputs, dtype
-):
-    # A batch of at least K rows takes the tiled forward pass, one row the bucketed one: the same sums, bit
-    # for bit. 37 inputs are more than one slice of inputs and not a whole number of them.
+def test_the_three_forward_passes_add_the_same_products_in_the_same_order(kind, n, s, inputs, dtype):
+    # A batch of at least K rows takes the tiled forward pass, one of 5 rows (more than a quarter of a row per
+    # segment, fewer than K) the bucketed one, one row the direct one: the same sums, bit for bit. 37 inputs
+    # are more than one slice of inputs and not a whole number of them.
     torch.manual_seed(0)
     K, step = weights_per_link(kind, n, s), stride(kind, n)
     x = torch.rand(70, inputs, dtype=dtype) * 2.2 - 1.1
     weight = torch.randn(inputs, K, 83, dtype=dtype)
     batch = layer_kernel.piecewise(x, weight, n, s, step)
-    one_by_one = torch.cat([layer_kernel.piecewise(row, weight, n, s, step) for row in x.split(1)])
-    assert torch.equal(batch, one_by_one)
+    for size in (5, 1):
+        assert 4 * size > s if size == 5 else 4 * size <= s
+        in_parts = torch.cat([layer_kernel.piecewise(part, weight, n, s, step) for part in x.split(size)])
+        assert torch.equal(batch, in_parts)
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")

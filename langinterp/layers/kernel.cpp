@@ -662,6 +662,64 @@ void forward_bucketed(const Basis<T>& basis, const T* xt, const T* W, T* yr, int
     }
 }
 
+// Batches of a few rows (generation's one) take the direct forward pass: with at most a quarter of a row per
+// segment, a row of the table serves too few samples to repay the bucketed pass's sort, whose loops over the
+// segments were most of its time at batch 1. Against the bucketed pass (`benchmarks/kernel_ab.py --rows`,
+// one run each): 0.47-0.51 at batch 4 with 128 segments, 0.83-0.85 with 32, 0.92-1.02 with 8; at batch 16
+// 0.57-0.81 with 128 segments but 1.02-1.21 with 32 and 1.16-1.81 with 8.
+inline bool use_direct(int64_t rows, int s) { return rows * 4 <= s; }
+
+// y[r, block] = sum over inputs i and nodes k of phi_k(r, i) W[i, j * stride + k, block], sample by sample, each
+// sample's block of y in registers and its n rows per input read straight from the table: the same
+// multiply-adds in the same order as the bucketed pass.
+template <typename T, int N, int NV>
+void forward_direct_block(const Columns<T>& col, const T* W, int I, int O, int K, int n_rt, T* y, int ld, int c0) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    const int n = N > 0 ? N : n_rt;
+    const int64_t rows = col.rows;
+    for (int64_t r = 0; r < rows; ++r) {
+        V acc[NV] = {};
+        for (int e = 0; e < I; ++e) {
+            const T* row = W + (int64_t(e) * K + col.first[e * rows + r]) * O + c0;
+            for (int k = 0; k < n; ++k) {
+                const T p = col.coef[(int64_t(e) * n + k) * rows + r];
+                for (int v = 0; v < NV; ++v) acc[v] += p * load_part<T>(row + int64_t(k) * O + v * VL, O - c0 - v * VL);
+            }
+        }
+        for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(y + r * ld + c0)[v] = acc[v];
+    }
+}
+
+template <typename T, int N>
+void forward_direct_any(const Columns<T>& col, const T* W, int I, int O, int K, int n, T* y, int ld, Block b) {
+    switch (b.nv) {
+        case 8: forward_direct_block<T, N, 8>(col, W, I, O, K, n, y, ld, b.c0); return;
+        case 4: forward_direct_block<T, N, 4>(col, W, I, O, K, n, y, ld, b.c0); return;
+        case 2: forward_direct_block<T, N, 2>(col, W, I, O, K, n, y, ld, b.c0); return;
+        default: forward_direct_block<T, N, 1>(col, W, I, O, K, n, y, ld, b.c0);
+    }
+}
+
+// The forward pass over rows r0 .. r1 into yr (their rows of the padded y), sample by sample.
+template <typename T>
+void forward_direct(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
+                    int I, int O, int ld, int n, int s, int stride, int K) {
+    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
+    const int count = plan_blocks<T>(ld, blocks.get(), 8);
+    Columns<T> col(r1 - r0, n, I);
+    // K = 0 and pitch 1: first holds each sample's first row within its input's K rows.
+    col.fill(basis, xt, rows, r0, 0, I, s, stride, 0, 1, false);
+    for (int bi = 0; bi < count; ++bi) switch (n) {
+            case 1: forward_direct_any<T, 1>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
+            case 2: forward_direct_any<T, 2>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
+            case 3: forward_direct_any<T, 3>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
+            case 4: forward_direct_any<T, 4>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
+            case 5: forward_direct_any<T, 5>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
+            default: forward_direct_any<T, 0>(col, W, I, O, K, n, yr, ld, blocks[bi]);
+        }
+}
+
 // Each thread takes a contiguous range of rows and goes through the inputs in order, so every y[r] is summed
 // in the same order whatever the number of threads (and whichever pass: both add the same products in the
 // same order).
@@ -681,6 +739,8 @@ void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, i
                     const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
                     forward_tiled(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
                 }
+            else if (use_direct(rows, s))
+                forward_direct(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K);
             else
                 forward_bucketed(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K);
             if (out.copied()) unpad_rows(out.rows, y, r0, r1, O, ld);

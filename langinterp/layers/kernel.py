@@ -4,9 +4,10 @@ Why a kernel: for many segments the weights a sample touches are scattered over 
 input, and no single PyTorch operation both gathers them and keeps the backward pass cheap (embedding_bag
 with per-sample weights is 10-20x slower backward than forward on CPU; a dense basis costs K/n times a
 Linear). The kernel visits only the n active rows per input, in forward and backward, so its work and
-memory do not grow with the number of segments. Two ways, chosen per call:
+memory do not grow with the number of segments. Three ways, chosen per call:
 
-- bucketed (every dL/dW; forward and dL/dx of small batches; dL/dx at n = 2 with more than 32 segments):
+- bucketed (every dL/dW; forward and dL/dx of small batches, but the forward pass of the smallest; dL/dx at
+  n = 2 with more than 32 segments):
   input by input over the samples grouped by the segment they fall in (a counting sort of x's column), so
   that a segment's n weight rows are read once for all its samples: the forward pass keeps them in
   registers while its samples' output rows stream past, dL/dW accumulates them in registers while dL/dy
@@ -17,6 +18,10 @@ memory do not grow with the number of segments. Two ways, chosen per call:
   the samples stream past it in order, each picking its rows by segment, its block of y kept in registers
   across the slice's inputs. It needs no sort and touches each output row once per slice rather than once
   per input: 1.2-1.5x faster per pass at batch 1024.
+- direct (the forward pass of batches of at most a quarter of a row per segment, generation's batch of one):
+  sample by sample, each reading its n rows per input straight from the table. There a row serves too few
+  samples to repay the bucketed pass's sort, whose loops over the segments were most of its time: 0.38-0.70
+  of the bucketed pass's time at batch 1 with 8-128 segments (README).
 
 The layer over character codes (character.py) has two passes of its own (``character_lookup``): each code
 has one place in its segment, so its n rows combine into one row per input, and the forward pass of a
