@@ -831,23 +831,38 @@ inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
     return pair_sums<T, 2>(a[0], a[1]);
 }
 
-// dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, a vector's worth of
-// samples at a time, so that their sums reduce together (lane_sums) and land as one vector in dxT's row.
-// `first` (the first block) writes, the others add. For n >= 2 the slice holds n - 1 difference rows per
-// segment (pack_slice), D_k = W[j * stride + k] - W[j * stride]: dxT (+)= <sum_{k >= 1} dphi_k D_k, dy_r>,
-// and for n = 2 dphi_1 <D_1, dy_r>, one multiply-add per vector; for n = 1 the table's rows (dphi_0 = 0).
-template <typename T, int N, int NV>
-void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, const T* dy, int ld,
-                     int c0, bool first, T* dxT, int64_t all_rows) {
+// One group of up to a vector's worth of samples' results d (lane u: sample r + u, of m) into dxT's row `out`:
+// `first` (the first block) writes, the others add.
+template <typename T>
+inline void write_group(T* out, typename Vec<T, 64>::type d, int m, bool first) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
-    const int n = N > 0 ? N : n_rt;
+    if (m == VL) {
+        V* to = reinterpret_cast<V*>(out);
+        *to = first ? d : *to + d;
+    } else {
+        T lanes[VL];
+        __builtin_memcpy(lanes, &d, sizeof lanes);
+        for (int u = 0; u < m; ++u) out[u] = first ? lanes[u] : out[u] + lanes[u];
+    }
+}
+
+// dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, for n = 1 and 2, a
+// vector's worth of samples at a time, so that their sums reduce together (lane_sums) and land as one vector
+// in dxT's row. For n = 2 the slice holds the difference rows (pack_slice) D_1 = W[j * stride + 1] -
+// W[j * stride]: dphi_1 <D_1, dy_r>, one multiply-add per vector; for n = 1 the table's rows (dphi_0 = 0).
+template <typename T, int N, int NV>
+void grad_input_tile(const Columns<T>& col, int count, const T* slice, const T* dy, int ld, int c0, bool first,
+                     T* dxT, int64_t all_rows) {
+    static_assert(N == 1 || N == 2, "n >= 3 takes grad_input_tile_dots");
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
     const int64_t rows = col.rows;
     for (int64_t r = 0; r < rows; r += VL) {
         const int m = rows - r < VL ? int(rows - r) : VL;
         for (int e = 0; e < count; ++e) {
             const int32_t* at = col.first.get() + e * rows + r;
-            const T* coef = col.coef.get() + int64_t(e) * n * rows + r;
+            const T* coef = col.coef.get() + int64_t(e) * N * rows + r;
             V acc[VL];
             for (int u = 0; u < VL; ++u) {
                 const int uu = u < m ? u : 0;  // lanes past the last row repeat the group's first
@@ -855,41 +870,87 @@ void grad_input_tile(const Columns<T>& col, int count, int n_rt, const T* slice,
                 const T* base = slice + at[uu];
                 V sum[2] = {V{}, V{}};  // even and odd vectors apart: shorter chains of multiply-adds
                 for (int v = 0; v < NV; ++v) {
-                    V w = V{};
-                    if constexpr (N == 2)
-                        w = *reinterpret_cast<const V*>(base + v * VL);
-                    else if constexpr (N == 1)
-                        w = coef[uu] * *reinterpret_cast<const V*>(base + v * VL);
-                    else
-                        for (int k = 1; k < n; ++k)
-                            w += coef[k * rows + uu] * *reinterpret_cast<const V*>(base + (k - 1) * pitch + v * VL);
+                    V w = *reinterpret_cast<const V*>(base + v * VL);
+                    if constexpr (N == 1) w = coef[uu] * w;
                     sum[v & 1] += w * *reinterpret_cast<const V*>(g + v * VL);
                 }
                 acc[u] = sum[0] + sum[1];
             }
             V d = lane_sums<T>(acc);
             if constexpr (N == 2) d *= load_part<T>(coef + rows, m);  // dphi_1 of the group's samples
-            T* out = dxT + e * all_rows + r;
-            if (m == VL) {
-                V* to = reinterpret_cast<V*>(out);
-                *to = first ? d : *to + d;
-            } else {
-                T lanes[VL];
-                __builtin_memcpy(lanes, &d, sizeof lanes);
-                for (int u = 0; u < m; ++u) out[u] = first ? lanes[u] : out[u] + lanes[u];
+            write_group<T>(dxT + e * all_rows + r, d, m, first);
+        }
+    }
+}
+
+// The same for n >= 3 over the slice's n - 1 difference rows per segment, D_k = W[j * stride + k] -
+// W[j * stride] (k >= 1): dxT (+)= sum_{k >= 1} dphi_k <D_k, dy_r>. Each sample's block of dL/dy is loaded
+// into registers once for all the slice's inputs, and each difference row is dotted with it apart: n - 1
+// loads and n - 1 multiply-adds per vector, where combining the rows first (sum_k dphi_k D_k, then one dot
+// product with dL/dy loaded for each input) took n of each. Each sample's n - 1 vectors of partial sums are
+// combined by its basis derivatives, and wait in `acc` ([count][VL] vectors, per-thread scratch) for the
+// group's lane sums.
+template <typename T, int N, int NV>
+void grad_input_tile_dots(const Columns<T>& col, int count, int n_rt, const T* slice, int pitch, const T* dy,
+                          int ld, int c0, bool first, T* dxT, int64_t all_rows, typename Vec<T, 64>::type* acc) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    constexpr int DA = N > 0 ? N - 1 : kMaxN - 1;
+    const int n = N > 0 ? N : n_rt, D = n - 1;
+    const int64_t rows = col.rows;
+    for (int64_t r = 0; r < rows; r += VL) {
+        const int m = rows - r < VL ? int(rows - r) : VL;
+        for (int u = 0; u < VL; ++u) {
+            const int uu = u < m ? u : 0;  // lanes past the last row repeat the group's first
+            const V* g = reinterpret_cast<const V*>(dy + (r + uu) * ld + c0);
+            V gv[NV];
+            for (int v = 0; v < NV; ++v) gv[v] = g[v];
+            for (int e = 0; e < count; ++e) {
+                const T* base = slice + col.first[e * rows + r + uu];
+                V sum[DA][2];  // even and odd vectors apart: shorter chains of multiply-adds
+                for (int k = 0; k < D; ++k) {
+                    const V* row = reinterpret_cast<const V*>(base + k * pitch);
+                    sum[k][0] = row[0] * gv[0];
+                    if constexpr (NV > 1)
+                        sum[k][1] = row[1] * gv[1];
+                    else
+                        sum[k][1] = V{};
+                    for (int v = 2; v < NV; ++v) sum[k][v & 1] += row[v] * gv[v];
+                }
+                const T* coef = col.coef.get() + int64_t(e) * n * rows + r + uu;
+                V combined = coef[rows] * (sum[0][0] + sum[0][1]);
+                for (int k = 1; k < D; ++k) combined += coef[(k + 1) * rows] * (sum[k][0] + sum[k][1]);
+                acc[e * VL + u] = combined;
             }
         }
+        for (int e = 0; e < count; ++e) write_group<T>(dxT + e * all_rows + r, lane_sums<T>(acc + e * VL), m, first);
     }
 }
 
 template <typename T, int N>
 void grad_input_tile_any(const Columns<T>& col, int count, int n, const T* slice, int pitch, const T* dy, int ld,
-                         Block b, bool first, T* dxT, int64_t all_rows) {
-    switch (b.nv) {
-        case 8: grad_input_tile<T, N, 8>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows); return;
-        case 4: grad_input_tile<T, N, 4>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows); return;
-        case 2: grad_input_tile<T, N, 2>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows); return;
-        default: grad_input_tile<T, N, 1>(col, count, n, slice, pitch, dy, ld, b.c0, first, dxT, all_rows);
+                         Block b, bool first, T* dxT, int64_t all_rows, typename Vec<T, 64>::type* acc) {
+    if constexpr (N == 1 || N == 2) {
+        switch (b.nv) {
+            case 8: grad_input_tile<T, N, 8>(col, count, slice, dy, ld, b.c0, first, dxT, all_rows); return;
+            case 4: grad_input_tile<T, N, 4>(col, count, slice, dy, ld, b.c0, first, dxT, all_rows); return;
+            case 2: grad_input_tile<T, N, 2>(col, count, slice, dy, ld, b.c0, first, dxT, all_rows); return;
+            default: grad_input_tile<T, N, 1>(col, count, slice, dy, ld, b.c0, first, dxT, all_rows);
+        }
+    } else {
+        const int c0 = b.c0;
+        switch (b.nv) {
+            case 8:
+                grad_input_tile_dots<T, N, 8>(col, count, n, slice, pitch, dy, ld, c0, first, dxT, all_rows, acc);
+                return;
+            case 4:
+                grad_input_tile_dots<T, N, 4>(col, count, n, slice, pitch, dy, ld, c0, first, dxT, all_rows, acc);
+                return;
+            case 2:
+                grad_input_tile_dots<T, N, 2>(col, count, n, slice, pitch, dy, ld, c0, first, dxT, all_rows, acc);
+                return;
+            default: grad_input_tile_dots<T, N, 1>(col, count, n, slice, pitch, dy, ld, c0, first, dxT, all_rows, acc);
+        }
     }
 }
 
@@ -908,6 +969,9 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
     const int pitch = tiling.nv * VL;
     Columns<T> col(r1 - r0, n, tiling.inputs);
     const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * per_input * pitch);
+    // n >= 3: the dot products of a group of samples (grad_input_tile_dots).
+    const Aligned<T> dots = aligned_scratch<T>(n >= 3 ? int64_t(tiling.inputs) * VL * VL : 0);
+    typename Vec<T, 64>::type* acc = reinterpret_cast<typename Vec<T, 64>::type*>(dots.get());
     const T* g = dy + r0 * ld;
     // Called by every thread of the team on the same rows: the slices are shared out, so each thread copies
     // only its share of the table (a sample's dL/dx of one input needs no other input's rows).
@@ -920,17 +984,18 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
         T* out = dxT + int64_t(i0) * rows + r0;
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
+            T* tile = slice.get();
             if (difference)
-                pack_slice<true>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+                pack_slice<true>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, tile);
             else
-                pack_slice<false>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+                pack_slice<false>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, tile);
             switch (n) {
-                case 1: grad_input_tile_any<T, 1>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
-                case 2: grad_input_tile_any<T, 2>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
-                case 3: grad_input_tile_any<T, 3>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
-                case 4: grad_input_tile_any<T, 4>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
-                case 5: grad_input_tile_any<T, 5>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows); break;
-                default: grad_input_tile_any<T, 0>(col, m, n, slice.get(), pitch, g, ld, b, bi == 0, out, rows);
+                case 1: grad_input_tile_any<T, 1>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
+                case 2: grad_input_tile_any<T, 2>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
+                case 3: grad_input_tile_any<T, 3>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
+                case 4: grad_input_tile_any<T, 4>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
+                case 5: grad_input_tile_any<T, 5>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
+                default: grad_input_tile_any<T, 0>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc);
             }
         }
     }
