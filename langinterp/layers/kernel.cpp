@@ -266,19 +266,21 @@ inline void group_stably(int64_t rows, int count, Key key, int64_t* start, Place
 
 // One input's samples, grouped by segment: per-thread scratch, filled by `fill` for input i from xt, the
 // input's column of x (all rows, contiguous), with group_stably. Bucket j holds positions start[j] ..
-// start[j + 1]; position p is sample[p], with basis values (or, for dL/dx, their derivatives in x)
-// sorted[p * n + k].
+// start[j + 1]; position p is sample r = sample[p], whose basis values are phi[k * rows + r] (and, for dL/dx,
+// their derivatives in x dphi[k * rows + r]). The passes read those through the sample's index: copying them
+// in bucket order had cost most of the sort's time, by `perf` about a fifth of dL/dW's at n = 3, and the
+// passes load each value once per sample either way.
 template <typename T>
 struct Buckets {
     int64_t rows;
     int n, s, stride;
     std::unique_ptr<int64_t[]> start, sample;
-    std::unique_ptr<T[]> t, scale, phi, dphi, sorted;
+    std::unique_ptr<T[]> t, scale, phi, dphi;
     std::unique_ptr<int32_t[]> first, row_of;
     Buckets(int64_t rows_, int n_, int s_, int stride_)
         : rows(rows_), n(n_), s(s_), stride(stride_), start(new int64_t[s_ + 1]), sample(new int64_t[rows_]),
           t(new T[rows_]), scale(new T[rows_]), phi(new T[rows_ * n_]), dphi(new T[rows_ * n_]),
-          sorted(new T[rows_ * n_]), first(new int32_t[rows_]), row_of(new int32_t[rows_ * n_]) {}
+          first(new int32_t[rows_]), row_of(new int32_t[rows_ * n_]) {}
 
     // Inlined into its callers: when GCC stopped inlining it into grad_weight (as it did once dL/dW wrote its
     // rows by stores), dL/dW measured up to 5% slower.
@@ -287,34 +289,18 @@ struct Buckets {
         // (no division in the counting loops); phi [n, rows]
         locate_row(b, xt, int(rows), s, 1, 0, t.get(), scale.get(), first.get(), phi.get(), row_of.get(),
                    derivative ? dphi.get() : static_cast<T*>(nullptr));
-        const T* values = derivative ? dphi.get() : phi.get();
+        group();
+    }
+
+    // The sort itself. Not inlined: inlined into the bucketed forward pass it made GCC spill that pass's
+    // bucket pointers (1.5x its time at batch 1 with 128 segments).
+    __attribute__((noinline)) void group() {
         // Plain copies for the lambdas to capture: capturing the members by reference made dL/dW at n = 5
         // 1.03-1.15x slower (`benchmarks/kernel_ab.py`).
         const int32_t* segment = first.get();
         int64_t* order = sample.get();
-        T* to = sorted.get();
-        switch (n) {
-            case 1: group<1>(segment, values, order, to); break;
-            case 2: group<2>(segment, values, order, to); break;
-            case 3: group<3>(segment, values, order, to); break;
-            case 4: group<4>(segment, values, order, to); break;
-            case 5: group<5>(segment, values, order, to); break;
-            default: group<0>(segment, values, order, to);
-        }
-    }
-
-    // The sort itself, with the node count known at compile time (N = 0: n at run time), so that the copy
-    // of each row's n values unrolls: with a loop over n it took most of the sort's time (by `perf`, about a
-    // fifth of dL/dW's at n = 3). Not inlined: inlined copies for every n made GCC spill the bucket
-    // pointers of the bucketed forward pass, 1.5x its time at batch 1 with 128 segments.
-    template <int N>
-    __attribute__((noinline)) void group(const int32_t* segment, const T* values, int64_t* order, T* to) {
-        const int nodes = N > 0 ? N : n;
-        const int64_t count = rows;
-        group_stably(rows, s, [segment](int64_t r) { return segment[r]; }, start.get(), [=](int64_t p, int64_t r) {
-            order[p] = r;
-            for (int k = 0; k < nodes; ++k) to[p * nodes + k] = values[k * count + r];
-        });
+        group_stably(rows, s, [segment](int64_t r) { return segment[r]; }, start.get(),
+                     [order](int64_t p, int64_t r) { order[p] = r; });
     }
 };
 
@@ -339,11 +325,12 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
         for (int k = 0; k < n; ++k)
             for (int v = 0; v < NV; ++v) acc[k][v] = V{};
         for (int64_t p = p0; p < p1; ++p) {
-            const V* g = reinterpret_cast<const V*>(dy + bk.sample[p] * ld + b.c0);
+            const int64_t r = bk.sample[p];
+            const V* g = reinterpret_cast<const V*>(dy + r * ld + b.c0);
             V gv[NV];
             for (int v = 0; v < NV; ++v) gv[v] = g[v];
             for (int k = 0; k < n; ++k) {
-                const T ph = bk.sorted[p * n + k];
+                const T ph = bk.phi[k * bk.rows + r];
                 for (int v = 0; v < NV; ++v) acc[k][v] += ph * gv[v];
             }
         }
@@ -375,9 +362,9 @@ void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, 
 
 // Register blocks per node count: the n rows of nv vectors held in registers (dL/dW's sums, the bucketed
 // forward pass's weights) and the row streaming past them fit the 32 registers. n = 3 takes 8 vectors
-// (3 * 8 + 8): half the passes over each bucket of 4. With the sort's copies unrolled (Buckets::group), by
-// `benchmarks/kernel_ab.py`: dL/dW 0.96-0.98 of its time at batch 1024; at batches 1 and 8 (bucketed
-// forward passes too) the forward pass 0.77-0.90, dL/dW 0.88-0.97.
+// (3 * 8 + 8): half the passes over each bucket of 4. With the sort's copies of the basis values unrolled
+// (before Buckets dropped them), by `benchmarks/kernel_ab.py`: dL/dW 0.96-0.98 of its time at batch 1024; at
+// batches 1 and 8 (bucketed forward passes too) the forward pass 0.77-0.90, dL/dW 0.88-0.97.
 inline int max_vectors(int n) { return n <= 3 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 : 1)); }
 
 // dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
@@ -430,11 +417,12 @@ void forward_block(const Buckets<T>& bk, const T* W_i, int O, int ld, Block b, i
             for (int v = 0; v < NV; ++v) w[k][v] = load_part<T>(row + v * VL, O - b.c0 - v * VL);
         }
         for (int64_t p = p0; p < p1; ++p) {
-            V* out = reinterpret_cast<V*>(y + bk.sample[p] * ld + b.c0);
+            const int64_t r = bk.sample[p];
+            V* out = reinterpret_cast<V*>(y + r * ld + b.c0);
             V acc[NV];
             for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : out[v];
             for (int k = 0; k < n; ++k) {
-                const T ph = bk.sorted[p * n + k];
+                const T ph = bk.phi[k * bk.rows + r];
                 for (int v = 0; v < NV; ++v) acc[v] += ph * w[k][v];
             }
             for (int v = 0; v < NV; ++v) out[v] = acc[v];
@@ -767,11 +755,11 @@ inline T hsum(typename Vec<T, 64>::type v) {
 }
 
 // dxT[r] = sum_k c_k(r) <w_k, dy[r]> for bucket j's samples r, over the R rows w [R, ld] (padded like dy),
-// which stay in L1 while the bucket's dy rows stream past; c_k(r) = coef[p * cstride + k] for the sample at
-// position p. grad_input passes the bucket's weight rows and their basis derivatives.
+// which stay in L1 while the bucket's dy rows stream past; c_k(r) = coef[k * bk.rows + r]. grad_input passes
+// the bucket's weight rows and their basis derivatives.
 template <typename T, int R>
 void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w, const T* dy, int ld, int r_rt,
-                       const T* coef, int cstride, T* dxT) {
+                       const T* coef, T* dxT) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     constexpr int RA = R > 0 ? R : kMaxN;
@@ -795,9 +783,10 @@ void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w,
             }
         }
         for (int u = 0; u < m; ++u) {
+            const int64_t r = bk.sample[p + u];
             T dx = 0;
-            for (int k = 0; k < rows; ++k) dx += coef[(p + u) * cstride + k] * hsum<T>(acc[u][k]);
-            dxT[bk.sample[p + u]] = dx;
+            for (int k = 0; k < rows; ++k) dx += coef[k * bk.rows + r] * hsum<T>(acc[u][k]);
+            dxT[r] = dx;
         }
     }
 }
@@ -1014,7 +1003,7 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
     // aligned vectors.
     const bool in_place = !difference && aligned_rows(W, O);
     const Aligned<T> copy = in_place ? nullptr : aligned_scratch<T>(int64_t(R) * ld);
-    const T* coef = bk.sorted.get() + (difference ? 1 : 0);
+    const T* coef = bk.dphi.get() + (difference ? rows : 0);  // for n = 2 dphi_1
 #pragma omp for schedule(dynamic, 1)
     for (int i = 0; i < I; ++i) {
         bk.fill(basis, xt + int64_t(i) * rows, true);
@@ -1034,11 +1023,11 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
                 w = copy.get();
             }
             switch (R) {
-                case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
-                case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
-                case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
-                case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, dy, ld, R, coef, n, out); break;
-                default: grad_input_bucket<T, 0>(bk, p0, p1, w, dy, ld, R, coef, n, out);
+                case 1: grad_input_bucket<T, 1>(bk, p0, p1, w, dy, ld, R, coef, out); break;
+                case 3: grad_input_bucket<T, 3>(bk, p0, p1, w, dy, ld, R, coef, out); break;
+                case 4: grad_input_bucket<T, 4>(bk, p0, p1, w, dy, ld, R, coef, out); break;
+                case 5: grad_input_bucket<T, 5>(bk, p0, p1, w, dy, ld, R, coef, out); break;
+                default: grad_input_bucket<T, 0>(bk, p0, p1, w, dy, ld, R, coef, out);
             }
         }
     }
