@@ -19,7 +19,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from layers import BATCH, CASES, layer_and_input, pass_of, path_taken, save, synchronized, turns_ms
+from layers import (
+    BATCH,
+    CASES,
+    case_table,
+    layer_and_input,
+    pass_of,
+    path_taken,
+    save,
+    synchronized,
+    turns_ms,
+)
 from torch import nn
 
 from langinterp.layers.eager import through_custom_ops
@@ -68,19 +78,22 @@ def measure(case: tuple, threads: int, quick: bool, device: str) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    header = (
-        "| case | in | out | n | segments | threads | path | eager ms | through ops ms | Linear(in*n) ms "
-        "| eager / ops | eager / Linear(in*n) | ops / Linear(in*n) |"
+    def cells(r: dict) -> list[str]:
+        return [
+            r["path"],
+            f"{r['eager_ms']:.2f}",
+            f"{r['ops_ms']:.2f}",
+            f"{r['linear_in_n_ms']:.2f}",
+            f"{r['eager_over_ops']:.3f}",
+            f"{r['eager_over_linear']:.2f}",
+            f"{r['ops_over_linear']:.2f}",
+        ]
+
+    columns = (
+        "path | eager ms | through ops ms | Linear(in*n) ms | eager / ops | eager / Linear(in*n) "
+        "| ops / Linear(in*n)"
     )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
-            f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} | {r['path']} "
-            f"| {r['eager_ms']:.2f} | {r['ops_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
-            f"| {r['eager_over_ops']:.3f} | {r['eager_over_linear']:.2f} | {r['ops_over_linear']:.2f} |"
-        )
-    return "\n".join(lines)
+    return case_table(columns, rows, cells)
 
 
 def main() -> None:

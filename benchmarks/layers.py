@@ -286,50 +286,56 @@ def measure(case: tuple, threads: int, quick: bool, device: str = "cpu", path: s
     return row
 
 
-def table(rows: list[dict]) -> str:
-    header = (
-        "| case | in | out | n | segments | threads | ours ms | Linear(in) ms | Linear(in*n) ms | hol ms "
-        "| ours / Linear(in*n) | hol / ours | ours MiB | weights MiB | hol MiB |"
-    )
+def case_table(columns: str, rows: list[dict], cells: Callable[[dict], list[str]]) -> str:
+    """A markdown table of cases: each row's case, sizes and threads (or GPU), then its ``cells``, under the
+    case columns and ``columns`` ("a | b | ...")."""
+    header = f"| case | in | out | n | segments | threads | {columns} |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
-        hol, hol_mib = r["hol_ms"], r["hol_peak_mib"]
-        speedup = "-" if hol is None else f"{hol / r['ours_ms']:.0f}"
-        lines.append(
-            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
-            f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} "
-            f"| {r['ours_ms']:.2f} | {r['linear_ms']:.2f} | {r['linear_in_n_ms']:.2f} "
-            f"| {'-' if hol is None else f'{hol:.0f}'} | {r['ratio']:.2f} "
-            f"| {speedup} | {r['ours_peak_mib']:.1f} | {r['weight_mib']:.1f} "
-            f"| {'-' if hol_mib is None else f'{hol_mib:.0f}'} |"
-        )
+        threads = r["threads"] if r["device"] == "cpu" else "GPU"
+        case = [r["case"], r["in"], r["out"], r["n"], r["segments"], threads]
+        lines.append("| " + " | ".join(str(cell) for cell in [*case, *cells(r)]) + " |")
     return "\n".join(lines)
 
 
-def passes_table(rows: list[dict]) -> str:
-    header = (
-        "| case | in | out | n | segments | threads | forward ms (Linear) | dL/dx ms (Linear) "
-        "| dL/dW ms (Linear) | forward / Linear | dL/dx / Linear | dL/dW / Linear |"
-    )
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+def table(rows: list[dict]) -> str:
+    def cells(r: dict) -> list[str]:
+        hol, hol_mib = r["hol_ms"], r["hol_peak_mib"]
+        return [
+            f"{r['ours_ms']:.2f}",
+            f"{r['linear_ms']:.2f}",
+            f"{r['linear_in_n_ms']:.2f}",
+            "-" if hol is None else f"{hol:.0f}",
+            f"{r['ratio']:.2f}",
+            "-" if hol is None else f"{hol / r['ours_ms']:.0f}",
+            f"{r['ours_peak_mib']:.1f}",
+            f"{r['weight_mib']:.1f}",
+            "-" if hol_mib is None else f"{hol_mib:.0f}",
+        ]
 
+    columns = (
+        "ours ms | Linear(in) ms | Linear(in*n) ms | hol ms | ours / Linear(in*n) | hol / ours | ours MiB "
+        "| weights MiB | hol MiB"
+    )
+    return case_table(columns, rows, cells)
+
+
+def passes_table(rows: list[dict]) -> str:
     def pair(r: dict, key: str) -> tuple[str, str]:
         ours, theirs = r[f"{key}_ms"], r[f"linear_{key}_ms"]
         if ours is None:
             return "-", "-"
         return f"{ours:.2f} ({theirs:.2f})", f"{ours / theirs:.2f}"
 
-    for r in rows:
-        cells = [pair(r, key) for key in ("forward", "grad_input", "grad_weight")]
-        lines.append(
-            f"| {r['case']} | {r['in']} | {r['out']} | {r['n']} | {r['segments']} "
-            f"| {r['threads'] if r['device'] == 'cpu' else 'GPU'} | "
-            + " | ".join(times for times, _ in cells)
-            + " | "
-            + " | ".join(ratio for _, ratio in cells)
-            + " |"
-        )
-    return "\n".join(lines)
+    def cells(r: dict) -> list[str]:
+        pairs = [pair(r, key) for key in ("forward", "grad_input", "grad_weight")]
+        return [times for times, _ in pairs] + [ratio for _, ratio in pairs]
+
+    columns = (
+        "forward ms (Linear) | dL/dx ms (Linear) | dL/dW ms (Linear) | forward / Linear | dL/dx / Linear "
+        "| dL/dW / Linear"
+    )
+    return case_table(columns, rows, cells)
 
 
 def path_problem(path: str, device: str) -> str | None:
