@@ -54,13 +54,15 @@ def _cpu_features() -> str:
     return platform.machine()
 
 
-def build(source: Path) -> Path:
-    """The compiled shared library of ``source``, compiling it unless the cache already holds it."""
+def build(source: Path, flags: tuple[str, ...] = ()) -> Path:
+    """The compiled shared library of ``source``, compiling it unless the cache already holds it. ``flags``
+    go after the usual ones (tests build the portable code of an AVX-512 kernel with ``-mno-avx512f``)."""
     code = source.read_bytes()
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise KernelUnavailable("no C++ compiler found (set CXX)")
-    key = hashlib.sha256(code + " ".join((compiler, *FLAGS, _cpu_features())).encode()).hexdigest()[:16]
+    command = [compiler, *FLAGS, *flags]
+    key = hashlib.sha256(code + " ".join((*command, _cpu_features())).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if target.exists():
         return target
@@ -68,7 +70,7 @@ def build(source: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
         try:
-            subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)], check=True, capture_output=True)
+            subprocess.run([*command, str(source), "-o", str(built)], check=True, capture_output=True)
         except subprocess.CalledProcessError as error:
             raise KernelUnavailable(
                 f"{source.name} failed to compile: {error.stderr.decode()[-500:]}"
@@ -77,21 +79,25 @@ def build(source: Path) -> Path:
     return target
 
 
-def load(source: Path) -> ctypes.CDLL:
-    """``source`` built and loaded; raises KernelUnavailable when kernels are off or cannot be built."""
+def load(source: Path, flags: tuple[str, ...] = ()) -> ctypes.CDLL:
+    """``source`` built (with ``flags`` as in build) and loaded; raises KernelUnavailable when kernels are off
+    or cannot be built."""
     if not enabled():
         raise KernelUnavailable("LANGINTERP_KERNEL=0")
     try:
-        return ctypes.CDLL(str(build(source)))
+        return ctypes.CDLL(str(build(source, flags)))
     except OSError as error:
         raise KernelUnavailable(str(error)) from error
 
 
-def bind(source: Path, signatures: dict[str, list[type]], instead: str) -> ctypes.CDLL | None:
-    """``source`` loaded with the argument types of its entry points set (``signatures``: name -> ctypes
-    types, for every dtype suffix), or None after one warning saying what runs ``instead``."""
+def bind(
+    source: Path, signatures: dict[str, list[type]], instead: str, flags: tuple[str, ...] = ()
+) -> ctypes.CDLL | None:
+    """``source`` loaded (built with ``flags`` as in build) with the argument types of its entry points set
+    (``signatures``: name -> ctypes types, for every dtype suffix), or None after one warning saying what
+    runs ``instead``."""
     try:
-        library = load(source)
+        library = load(source, flags)
     except KernelUnavailable as error:
         logger.warning("%s unavailable, using %s: %s", source.name, instead, error)
         return None

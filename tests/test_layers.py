@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import LAYER_CASES, inputs_inside_and_outside, reference
 
+from langinterp import native
 from langinterp.layers import (
     KINDS,
     NORMALIZATIONS,
@@ -523,6 +524,50 @@ def test_kernel_matches_gather_over_vector_tails_and_generic_node_counts(kind, n
     tolerance = 1e-10 if dtype == torch.float64 else 1e-4
     for ours, expected in zip(*results, strict=True):
         assert relative_error(ours, expected) <= tolerance
+
+
+@pytest.fixture(scope="module")
+def portable_kernel():
+    """kernel.cpp built without AVX-512 (and at -O1, which compiles in a fraction of -O3's time): where the
+    native build loads and stores a vector's part with a mask, this one takes the portable code (on a CPU
+    without AVX-512 both builds take it)."""
+    if not layer_kernel.available():
+        pytest.skip("no C++ compiler")
+    library = native.bind(
+        layer_kernel.SOURCE, layer_kernel.SIGNATURES, instead="nothing", flags=("-mno-avx512f", "-O1")
+    )
+    if library is None:
+        pytest.skip("the compiler does not take -mno-avx512f")
+    return library
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "s"), [(2, 8), (3, 4), (7, 2)])
+@pytest.mark.parametrize("outputs", [5, 37, 83])
+@pytest.mark.parametrize("rows", [1, 9, 53])
+def test_kernel_without_avx512_computes_the_same_results(portable_kernel, n, s, dtype, outputs, rows):
+    # Outputs with a part-filled last vector (5: only that one), in every pass and path (1 row: direct
+    # forward; 9: bucketed; 53: tiled), and the codes' passes. The same sums, to rounding: -O1 contracts
+    # fewer multiply-adds than -O3.
+    torch.manual_seed(0)
+    K, step = weights_per_link("continuous", n, s), stride("continuous", n)
+    x = torch.rand(rows, 6, dtype=dtype) * 2.2 - 1.1
+    weight = torch.randn(6, K, outputs, dtype=dtype)
+    grad = torch.randn(rows, outputs, dtype=dtype)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    for name in ("forward", "grad_weight", "grad_input"):
+        native_result = layer_kernel.run_pass(name, x, weight, grad, n, s, step)
+        portable = layer_kernel.run_pass(name, x, weight, grad, n, s, step, library=portable_kernel)
+        assert relative_error(portable, native_result) <= tolerance, name
+    codes = torch.randint(0, 128, (rows * 20, 6), dtype=torch.uint8)  # from 256 rows on, through the table
+    code_weight = torch.randn(6, 129, outputs, dtype=dtype)
+    code_grad = torch.randn(rows * 20, outputs, dtype=dtype)
+    for name in ("codes_forward", "codes_grad_weight"):
+        native_result = layer_kernel.run_codes_pass(name, codes, code_weight, code_grad, 2, 128, 1)
+        portable = layer_kernel.run_codes_pass(
+            name, codes, code_weight, code_grad, 2, 128, 1, library=portable_kernel
+        )
+        assert relative_error(portable, native_result) <= tolerance, name
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")

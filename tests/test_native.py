@@ -32,6 +32,16 @@ def test_build_is_cached_by_content(tmp_path: Path, kernel_cache: Path) -> None:
     assert sorted(p.name for p in kernel_cache.iterdir()) == sorted(p.name for p in kernel_cache.glob("*.so"))
 
 
+def test_extra_flags_build_another_library(tmp_path: Path, kernel_cache: Path) -> None:
+    source = write_source(
+        tmp_path, 'extern "C" int answer() {\n#ifdef ANSWER\n return ANSWER;\n#else\n return 1;\n#endif\n}\n'
+    )
+    assert native.load(source).answer() == 1
+    assert native.load(source, ("-DANSWER=5",)).answer() == 5
+    assert native.build(source, ("-DANSWER=5",)) != native.build(source)
+    assert len(list(kernel_cache.glob("tiny-*.so"))) == 2
+
+
 def test_compile_error_is_reported(tmp_path: Path, kernel_cache: Path) -> None:
     source = write_source(tmp_path, "this is not C++\n")
     with pytest.raises(native.KernelUnavailable, match="tiny.cpp failed to compile"):
