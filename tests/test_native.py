@@ -1,10 +1,12 @@
-"""Building and loading C++ kernels: cached by content, failures reported as KernelUnavailable."""
+"""Building and loading C++ kernels: cached by content, announced when compiled, failures reported as
+KernelUnavailable."""
 
 from pathlib import Path
 
 import pytest
 
-from langinterp import native
+from langinterp import native, notices
+from langinterp.cli import run
 
 
 @pytest.fixture
@@ -40,6 +42,24 @@ def test_extra_flags_build_another_library(tmp_path: Path, kernel_cache: Path) -
     assert native.load(source, ("-DANSWER=5",)).answer() == 5
     assert native.build(source, ("-DANSWER=5",)) != native.build(source)
     assert len(list(kernel_cache.glob("tiny-*.so"))) == 2
+
+
+def test_a_first_build_is_announced_and_the_cli_says_so_on_stderr(
+    tmp_path: Path, kernel_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(notices, "compiling", notices.compiling)  # whatever a command sets, undone after
+    seen: list[Path] = []
+    notices.compiling = seen.append
+    source = write_source(tmp_path, 'extern "C" int answer() { return 42; }\n')
+    native.build(source)
+    native.build(source)
+    assert seen == [source]  # not again once the cache holds it
+    monkeypatch.setenv("LANGINTERP_HOME", str(tmp_path / "home"))
+    run(["runs"])  # any command installs the CLI's notice
+    capsys.readouterr()
+    write_source(tmp_path, 'extern "C" int answer() { return 7; }\n')
+    native.build(source)
+    assert capsys.readouterr().err.strip() == "compiling tiny.cpp for this CPU (first use; up to a minute)..."
 
 
 def test_compile_error_is_reported(tmp_path: Path, kernel_cache: Path) -> None:

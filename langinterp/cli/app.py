@@ -1,11 +1,12 @@
 """The Typer application and the consoles every command module shares."""
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from langinterp import __version__
+from langinterp import __version__, notices
 
 app = typer.Typer(
     name="langinterp",
@@ -43,6 +44,11 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _say_compiling(source: Path) -> None:
+    """A kernel's first build pauses the command for up to a minute: say so, on stderr."""
+    err_console.print(f"compiling {source.name} for this CPU (first use; up to a minute)...", style="dim")
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
@@ -52,3 +58,4 @@ def _root(
 ) -> None:
     """Character-level language models built from high-order layers: fetch books, train, sample, compare."""
     State.debug = debug
+    notices.compiling = _say_compiling
