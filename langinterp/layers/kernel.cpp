@@ -514,10 +514,11 @@ inline int tiled_team(int64_t rows, int K) {
     return int(most < 1 ? 1 : (most < threads ? most : threads));
 }
 
-// A slice is `inputs` inputs of K rows of nv vectors, within about 36 KiB, so that L1 (48 KiB on the
-// development CPU) holds it beside the streamed rows. Wider blocks mean fewer passes over the samples,
-// more inputs fewer reads and writes of each output block; `widest` is the widest block tried. For the
-// forward pass this choice measured within 6% of the best of every shape tried, at K = 17, 33 and 129.
+// A slice is `inputs` inputs of K rows of nv vectors, within about 36 KiB, so that L1 (48 KiB on the Intel
+// development CPU these sizes were tuned on) holds it beside the streamed rows. Wider blocks mean fewer passes
+// over the samples, more inputs fewer reads and writes of each output block; `widest` is the widest block
+// tried. For the forward pass this choice measured within 6% of the best of every shape tried, at K = 17, 33
+// and 129. On an AMD CPU with 32 KiB of L1, slices sized for it were no faster overall (README).
 struct Tiling {
     int nv, inputs;
 };
