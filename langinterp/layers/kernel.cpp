@@ -988,12 +988,13 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
     // n >= 2 reads n - 1 difference rows per segment (pack_slice), n = 1 the table's K rows per input.
     const bool difference = n >= 2;
     const int per_input = difference ? s * (n - 1) : K;
-    // A smaller slice than the forward pass's: a vector's worth of dL/dy rows shares L1 with it. For n >= 3,
-    // whose samples load their dL/dy once for all the slice's inputs, a larger one (more inputs, or wider
-    // blocks) took 0.70-0.98 of the time of 20 KiB at n = 3, 0.86-0.93 at n = 5 with 8 segments, 0.99-1.04 at
-    // n = 4 with 4 segments and n = 5 with 2 (`benchmarks/kernel_ab.py`, two or three runs); 40 KiB, which
-    // leaves L1 too little beside it, 1.03-1.09 in those last two.
-    const Tiling tiling = plan_tiling<T>(per_input, ld, 8, n >= 3 ? 32 * 1024 : 20 * 1024);
+    // A smaller slice than the forward pass's: a vector's worth of dL/dy rows shares L1 with it. 32 KiB
+    // against 20 KiB (more inputs, or wider blocks, per slice), by `benchmarks/kernel_ab.py`: on the Intel
+    // development CPU at n >= 3, whose samples load their dL/dy once for all the slice's inputs, 0.70-0.98 of
+    // the time at n = 3, 0.86-0.93 at n = 5 with 8 segments, 0.99-1.04 at n = 4 with 4 segments and n = 5
+    // with 2 (two or three runs; 40 KiB, which leaves L1 too little beside it, 1.03-1.09 in those last two);
+    // on the AMD one at n = 2, 0.93-0.97 with 32 segments (250 and 128 outputs, two runs) and 0.97 with 16.
+    const Tiling tiling = plan_tiling<T>(per_input, ld, 8, 32 * 1024);
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
     const int pitch = tiling.nv * VL;
