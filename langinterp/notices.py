@@ -12,6 +12,6 @@ def _quiet(source: Path) -> None:
 
 
 # Called with a kernel's source just before it is compiled (not when the cache holds it; native.py), so that
-# a front end can say why the first call pauses: kernel.cpp takes 30-45 s at -O3 on a 2-core machine. The CLI
-# prints a line.
+# a front end can say why the first call pauses: kernel.cpp takes most of a minute on a 2-core machine
+# (README). The CLI prints a line.
 compiling: Callable[[Path], None] = _quiet

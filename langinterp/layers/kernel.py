@@ -34,9 +34,9 @@ and measured 1.1-1.8x slower per pass than the bucketed pass. For small K the sa
 dense basis matrix and dL/dx of the matmul path in one pass per row, where PyTorch needs a dozen
 elementwise passes.
 
-How: kernel.cpp includes no torch headers, so the system C++ compiler builds it on first use (30-45 s at
--O3 on the 2-core development machine, for its many specialised passes; native.py: cached, keyed by
-source, compiler and CPU, written atomically). Each call uses
+How: kernel.cpp includes no torch headers, so the system C++ compiler builds it on first use (most of a
+minute on the 2-core development machine, for its many specialised passes: README; native.py: cached,
+keyed by source, compiler and CPU, written atomically). Each call uses
 ``torch.get_num_threads()`` threads, or fewer when the call is too small to repay waking them. The calls
 are wrapped as ``torch.library`` custom ops with fake (meta) implementations and a registered autograd
 formula, so autograd and ``torch.compile`` see one op. The layers call them through ``apply_*`` (eager.py):
