@@ -861,16 +861,10 @@ inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
 // `first` (the first block) writes, the others add.
 template <typename T>
 inline void write_group(T* out, typename Vec<T, 64>::type d, int m, bool first) {
-    typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
-    if (m == VL) {
-        V* to = reinterpret_cast<V*>(out);
-        *to = first ? d : *to + d;
-    } else {
-        T lanes[VL];
-        __builtin_memcpy(lanes, &d, sizeof lanes);
-        for (int u = 0; u < m; ++u) out[u] = first ? lanes[u] : out[u] + lanes[u];
-    }
+    if (first)
+        write_part<false, T>(out, d, m);
+    else
+        write_part<true, T>(out, d, m);
 }
 
 // dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, for n = 1 and 2, a
