@@ -24,7 +24,6 @@ benchmarks/results/kernel_ab.json)."""
 
 import argparse
 import ctypes
-import json
 import statistics
 import subprocess
 import tempfile
@@ -33,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from layers import BATCH, CASES, turns_ms
+from layers import BATCH, CASES, save, turns_ms
 
 from langinterp import native
 from langinterp.layers import kernel, weights_per_link
@@ -264,7 +263,6 @@ def main() -> None:
         against = "its passes over codes" if has_codes(base) else "its gather passes on the codes' x"
         print(f"the layer over character codes (the base: {against}):")
         print(table(codes_rows, tuple(CODES_PASSES)))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "base": args.base,
         "batch": args.rows,
@@ -272,8 +270,7 @@ def main() -> None:
         "dense_rows": measured.get(True, []),
         "codes_rows": codes_rows,
     }
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(args.out, payload)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Prints a table; writes JSON {"rows": [{"model", "batch", "step_ms", "chars_per_s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from layers import median_ms, turns_ms
+from layers import median_ms, save, turns_ms
 from lion_pytorch import Lion
 from torch import nn
 
@@ -175,9 +174,7 @@ def main() -> None:
             ratio,
         ]
         print("| " + " | ".join(cells) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save(args.out, {"threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":
