@@ -24,6 +24,7 @@ from layers import (
     CASES,
     case_table,
     layer_and_input,
+    median_ratio,
     pass_of,
     path_taken,
     save,
@@ -41,10 +42,6 @@ def routed_through_ops(step: Callable[[], None]) -> Callable[[], None]:
             step()
 
     return run
-
-
-def median_ratio(top: list[float], bottom: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
 
 
 def measure(case: tuple, threads: int, quick: bool, device: str) -> dict:

@@ -32,7 +32,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from layers import BATCH, CASES, save, turns_ms
+from layers import BATCH, CASES, median_ratio, save, turns_ms
 
 from langinterp import native
 from langinterp.layers import kernel, weights_per_link
@@ -125,7 +125,7 @@ def compare(row: dict, name: str, steps: dict[str, Callable[[], torch.Tensor]], 
     times = turns_ms(steps, turns, warmup=2)
     row[f"{name}_base_ms"] = statistics.median(times["base"])
     row[f"{name}_work_ms"] = statistics.median(times["work"])
-    row[f"{name}_ratio"] = statistics.median(w / b for w, b in zip(times["work"], times["base"], strict=True))
+    row[f"{name}_ratio"] = median_ratio(times["work"], times["base"])
 
 
 def measure(

@@ -87,6 +87,12 @@ def median_ms(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -
     return {name: statistics.median(t) for name, t in turns_ms(steps, repeats, warmup).items()}
 
 
+def median_ratio(top: list[float], bottom: list[float]) -> float:
+    """The median of the turn-by-turn ratios top / bottom: steadier than a ratio of medians when the load from
+    elsewhere changes between turns."""
+    return statistics.median(a / b for a, b in zip(top, bottom, strict=True))
+
+
 def synchronized(step: Callable[[], None]) -> Callable[[], None]:
     """The step, returning only once the GPU has finished it (CUDA runs asynchronously)."""
 
@@ -264,9 +270,7 @@ def measure(case: tuple, threads: int, quick: bool, device: str = "cpu", path: s
     turns = turns_ms(steps, repeats, warmup)
     for key, milliseconds in turns.items():
         row[f"{key}_ms"] = statistics.median(milliseconds)
-    # The ratio of each turn's pair, then the median: steadier than a ratio of medians when the load from
-    # elsewhere changes between turns.
-    row["ratio"] = statistics.median(a / b for a, b in zip(turns["ours"], turns["linear_in_n"], strict=True))
+    row["ratio"] = median_ratio(turns["ours"], turns["linear_in_n"])
     row["ours_peak_mib"] = peak_mib(steps["ours"], device)
     row["weight_mib"] = inputs * weights_per_link(kind, n, segments) * outputs * 4 / 2**20
     hol_batch = 32 if quick else 128

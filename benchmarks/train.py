@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from layers import median_ms, save, turns_ms
+from layers import median_ms, median_ratio, save, turns_ms
 from lion_pytorch import Lion
 from torch import nn
 
@@ -118,7 +118,7 @@ def run(quick: bool) -> list[dict]:
     plain_ms = statistics.median(times["plain"])
 
     def ratio(name: str) -> float:
-        return statistics.median(o / p for o, p in zip(times[name], times["plain"], strict=True))
+        return median_ratio(times[name], times["plain"])
 
     rows = [
         ("sparse_mlp (langinterp)", BATCH, statistics.median(times["ours"]), ratio("ours")),
