@@ -558,26 +558,37 @@ struct Columns {
     }
 };
 
-// Rows of inputs i0 .. i0 + count over output columns c0 .. c0 + width into slice [count][R][pitch], zeros
-// past O: the table's R = K rows per input or, with Difference (dL/dx, n >= 2), its R = s (n - 1) difference
-// rows, W[j * stride + k] - W[j * stride] for each segment j and node k >= 1 at row j (n - 1) + k - 1. A
-// link's basis derivatives sum to zero (its basis values sum to one), so sum_k dphi_k W_k =
-// sum_{k >= 1} dphi_k (W_k - W_0): n - 1 rows where the table has n. The pitch is the widest block's, so that
-// a sample's offset into the slice is the same for every block.
+// Rows of inputs i0 .. i0 + count into one slice [count][R][pitch] per block of output columns (slice b at
+// slices + b * size), zeros past O: the table's R = K rows per input or, with Difference (dL/dx, n >= 2), its
+// R = s (n - 1) difference rows, W[j * stride + k] - W[j * stride] for each segment j and node k >= 1 at row
+// j (n - 1) + k - 1. A link's basis derivatives sum to zero (its basis values sum to one), so
+// sum_k dphi_k W_k = sum_{k >= 1} dphi_k (W_k - W_0): n - 1 rows where the table has n. The pitch is the
+// widest block's, so that a sample's offset into the slice is the same for every block. Every block's slice
+// at once, so that the table is read row after row, in order, as the prefetchers expect; one block at a time
+// read a part of every row, and a forward pass over 128 segments spent about a sixth of its time there (by
+// `perf`). Against that, by `benchmarks/kernel_ab.py` (the benchmark's cases, two runs, the same sums): the
+// forward passes 0.92-1.03 of the time (0.92-0.97 with one thread), the tiled dL/dx 0.93-1.01.
 template <bool Difference, typename T>
-void pack_slice(const T* W, int K, int O, int s, int n, int stride, int i0, int count, int c0, int width,
-                int pitch, T* slice) {
-    const int valid = O - c0 < width ? O - c0 : width;
+void pack_slices(const T* W, int K, int O, int s, int n, int stride, int i0, int count, const Block* blocks,
+                 int block_count, int pitch, int64_t size, T* slices) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
     const int R = Difference ? s * (n - 1) : K;
     for (int e = 0; e < count; ++e)
         for (int j = 0; j < R; ++j) {
-            T* to = slice + (int64_t(e) * R + j) * pitch;
             // Difference: segment j / (n - 1), node j % (n - 1) + 1 (n >= 2).
             const int64_t first = Difference ? int64_t(j / (n - 1)) * stride : j;
             const int64_t ahead = Difference ? int64_t(j % (n - 1) + 1) * O : 0;
-            const T* row = W + (int64_t(i0 + e) * K + first) * O + c0;
-            for (int l = 0; l < valid; ++l) to[l] = Difference ? row[ahead + l] - row[l] : row[l];
-            for (int l = valid; l < width; ++l) to[l] = 0;
+            const T* row = W + (int64_t(i0 + e) * K + first) * O;
+            for (int bi = 0; bi < block_count; ++bi) {
+                const int c0 = blocks[bi].c0;
+                T* to = slices + bi * size + (int64_t(e) * R + j) * pitch;
+                for (int l = 0; l < blocks[bi].nv * VL; l += VL) {
+                    V v = load_part(row + c0 + l, O - c0 - l);
+                    if (Difference) v = load_part(row + ahead + c0 + l, O - c0 - l) - v;
+                    *reinterpret_cast<V*>(to + l) = v;
+                }
+            }
         }
 }
 
@@ -647,20 +658,22 @@ void forward_tiled(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_
     const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
     const int pitch = tiling.nv * VL;
     Columns<T> col(r1 - r0, n, tiling.inputs);
-    const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * K * pitch);
+    const int64_t size = int64_t(tiling.inputs) * K * pitch;
+    const Aligned<T> slices = aligned_scratch<T>(size * count);
     for (int i0 = 0; i0 < I; i0 += tiling.inputs) {
         const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
         col.fill(basis, xt, rows, r0, i0, m, s, stride, K, pitch, false);
+        pack_slices<false>(W, K, O, s, n, stride, i0, m, blocks.get(), count, pitch, size, slices.get());
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
-            pack_slice<false>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, slice.get());
+            const T* sl = slices.get() + bi * size;
             switch (n) {
-                case 1: forward_tile_any<T, 1>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
-                case 2: forward_tile_any<T, 2>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
-                case 3: forward_tile_any<T, 3>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
-                case 4: forward_tile_any<T, 4>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
-                case 5: forward_tile_any<T, 5>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0); break;
-                default: forward_tile_any<T, 0>(col, m, n, slice.get(), pitch, yr, ld, b, i0 == 0);
+                case 1: forward_tile_any<T, 1>(col, m, n, sl, pitch, yr, ld, b, i0 == 0); break;
+                case 2: forward_tile_any<T, 2>(col, m, n, sl, pitch, yr, ld, b, i0 == 0); break;
+                case 3: forward_tile_any<T, 3>(col, m, n, sl, pitch, yr, ld, b, i0 == 0); break;
+                case 4: forward_tile_any<T, 4>(col, m, n, sl, pitch, yr, ld, b, i0 == 0); break;
+                case 5: forward_tile_any<T, 5>(col, m, n, sl, pitch, yr, ld, b, i0 == 0); break;
+                default: forward_tile_any<T, 0>(col, m, n, sl, pitch, yr, ld, b, i0 == 0);
             }
         }
     }
@@ -869,7 +882,7 @@ inline void write_group(T* out, typename Vec<T, 64>::type d, int m, bool first) 
 
 // dxT[i0 + e, r] (+)= <sum_k dphi_k W[j * stride + k], dy_r> over one block of columns, for n = 1 and 2, a
 // vector's worth of samples at a time, so that their sums reduce together (lane_sums) and land as one vector
-// in dxT's row. For n = 2 the slice holds the difference rows (pack_slice) D_1 = W[j * stride + 1] -
+// in dxT's row. For n = 2 the slice holds the difference rows (pack_slices) D_1 = W[j * stride + 1] -
 // W[j * stride]: dphi_1 <D_1, dy_r>, one multiply-add per vector; for n = 1 the table's rows (dphi_0 = 0).
 template <typename T, int N, int NV>
 void grad_input_tile(const Columns<T>& col, int count, const T* slice, const T* dy, int ld, int c0, bool first,
@@ -979,7 +992,7 @@ template <typename T>
 void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* dy, T* dxT, int64_t rows, int64_t r0,
                       int64_t r1, int I, int O, int ld, int n, int s, int stride, int K) {
     constexpr int VL = Vec<T, 64>::width;
-    // n >= 2 reads n - 1 difference rows per segment (pack_slice), n = 1 the table's K rows per input.
+    // n >= 2 reads n - 1 difference rows per segment (pack_slices), n = 1 the table's K rows per input.
     const bool difference = n >= 2;
     const int per_input = difference ? s * (n - 1) : K;
     // A smaller slice than the forward pass's: a vector's worth of dL/dy rows shares L1 with it. 32 KiB
@@ -993,7 +1006,8 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
     const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
     const int pitch = tiling.nv * VL;
     Columns<T> col(r1 - r0, n, tiling.inputs);
-    const Aligned<T> slice = aligned_scratch<T>(int64_t(tiling.inputs) * per_input * pitch);
+    const int64_t size = int64_t(tiling.inputs) * per_input * pitch;
+    const Aligned<T> packed = aligned_scratch<T>(size * count);
     // n >= 3: the dot products of a group of samples (grad_input_tile_dots).
     const Aligned<T> dots = aligned_scratch<T>(n >= 3 ? int64_t(tiling.inputs) * VL * VL : 0);
     typename Vec<T, 64>::type* acc = reinterpret_cast<typename Vec<T, 64>::type*>(dots.get());
@@ -1007,13 +1021,13 @@ void grad_input_tiled(const Basis<T>& basis, const T* xt, const T* W, const T* d
         const int m = I - i0 < tiling.inputs ? I - i0 : tiling.inputs;
         col.fill(basis, xt, rows, r0, i0, m, s, difference ? n - 1 : stride, per_input, pitch, true);
         T* out = dxT + int64_t(i0) * rows + r0;
+        if (difference)
+            pack_slices<true>(W, K, O, s, n, stride, i0, m, blocks.get(), count, pitch, size, packed.get());
+        else
+            pack_slices<false>(W, K, O, s, n, stride, i0, m, blocks.get(), count, pitch, size, packed.get());
         for (int bi = 0; bi < count; ++bi) {
             const Block b = blocks[bi];
-            T* tile = slice.get();
-            if (difference)
-                pack_slice<true>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, tile);
-            else
-                pack_slice<false>(W, K, O, s, n, stride, i0, m, b.c0, b.nv * VL, pitch, tile);
+            const T* tile = packed.get() + bi * size;
             switch (n) {
                 case 1: grad_input_tile_any<T, 1>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
                 case 2: grad_input_tile_any<T, 2>(col, m, n, tile, pitch, g, ld, b, bi == 0, out, rows, acc); break;
@@ -1073,7 +1087,7 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
 // dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
 // dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
 // dphi_1, replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2; the tiled one
-// reads, for every n >= 2, the n - 1 differences of a segment's rows with its first (pack_slice). Batches of at
+// reads, for every n >= 2, the n - 1 differences of a segment's rows with its first (pack_slices). Batches of at
 // least K rows take the tiled pass (threads own slices of inputs), smaller ones the bucketed pass (threads own
 // inputs), except that n = 2 with more than kDifferenceTilesUpTo segments keeps the bucketed pass, which the
 // tiled one did not beat there; either way each dx is summed in an order that does not depend on the number
