@@ -1113,9 +1113,16 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
         } else {
             grad_input_bucketed(basis, xt, W, g.rows, dxT, rows, I, O, ld, n, s, stride, K);
         }
+        // A cache line of dxT's rows at a time: row by row, the I reads of one row of dx are `rows` apart, a
+        // multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict each other
+        // (by `perf`, about a tenth of dL/dx with 128 inputs).
+        constexpr int64_t R = 64 / sizeof(T);
 #pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; ++r)
-            for (int i = 0; i < I; ++i) dx[r * I + i] = dxT[int64_t(i) * rows + r];
+        for (int64_t r0 = 0; r0 < rows; r0 += R) {
+            const int64_t r1 = rows - r0 < R ? rows : r0 + R;
+            for (int i = 0; i < I; ++i)
+                for (int64_t r = r0; r < r1; ++r) dx[r * I + i] = dxT[int64_t(i) * rows + r];
+        }
     }
 }
 
