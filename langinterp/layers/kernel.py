@@ -14,8 +14,9 @@ memory do not grow with the number of segments. Three ways, chosen per call:
   streams past (one store per segment, not per sample), and dL/dx takes its dot products against them in
   L1 (at n = 2 one dot product with the difference of the two rows).
 - tiled (forward and the other dL/dx, of batches of at least K rows): a slice of the table (a few inputs,
-  one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied into L1 and
-  the samples stream past it in order, each picking its rows by segment, its block of y kept in registers
+  one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied out (every
+  block's slice of those inputs in one pass over their rows, in order) and, held in L1, the samples stream
+  past it in order, each picking its rows by segment, its block of y kept in registers
   across the slice's inputs. It needs no sort and touches each output row once per slice rather than once
   per input: 1.2-1.5x faster per pass at batch 1024.
 - direct (the forward pass of batches of at most a quarter of a row per segment, generation's batch of one):
