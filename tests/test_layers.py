@@ -447,6 +447,26 @@ def test_kernel_weight_gradient_overwrites_its_buffer():
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("kind", "n", "s"), [("continuous", 2, 128), ("continuous", 3, 64), ("discontinuous", 2, 64)]
+)
+def test_kernel_weight_gradient_of_a_table_past_the_caches(kind, n, s, dtype):
+    # From 4 MiB on, with rows of whole vectors (128 outputs), dL/dW goes out through non-temporal stores
+    # (kernel.cpp, stream_rows), a continuous layer's shared rows carried from bucket to bucket: still every
+    # entry written (200 rows leave most segments empty; the buffer starts as NaN) and the dense basis's sums.
+    torch.manual_seed(0)
+    K, step = weights_per_link(kind, n, s), stride(kind, n)
+    inputs = -(-(4 << 20) // (K * 128 * dtype.itemsize))  # the fewest inputs that reach 4 MiB
+    x = torch.rand(200, inputs, dtype=dtype) * 2.2 - 1.1
+    weight, grad = torch.empty(inputs, K, 128, dtype=dtype), torch.randn(200, 128, dtype=dtype)
+    result = torch.full_like(weight, float("nan"))
+    layer_kernel._call("grad_weight", [x, grad, result], x, weight, n, s, step)
+    expected = (layer_kernel.piecewise_basis(x, K, n, s, step).T @ grad).reshape(weight.shape)
+    assert relative_error(result, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("segments", [1, 2, 3, 8, 12, 128, 1000, 1024])
 def test_kernel_locates_inputs_in_the_packages_arithmetic_bit_for_bit(dtype, segments):
     # The kernel multiplies by 1 / s and s / 2 where s is a power of two (both exact) and divides otherwise;

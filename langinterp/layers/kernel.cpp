@@ -267,6 +267,29 @@ inline void write_part(T* p, typename Vec<T, 64>::type v, int valid) {
 #endif
 }
 
+// write_part's plain store, or with `stream` a non-temporal one (whole vectors, 64-byte aligned): the line is
+// written to memory without first being read into the caches. Callers fence (store_fence) before the data is
+// read.
+template <typename T>
+inline void store_part(T* p, typename Vec<T, 64>::type v, int valid, bool stream) {
+#ifdef __AVX512F__
+    if (stream && valid >= Vec<T, 64>::width) {
+        if constexpr (sizeof(T) == 4)
+            _mm512_stream_ps(p, (__m512)v);
+        else
+            _mm512_stream_pd(p, (__m512d)v);
+        return;
+    }
+#endif
+    write_part<false, T>(p, v, valid);
+}
+
+inline void store_fence() {
+#ifdef __AVX512F__
+    _mm_sfence();
+#endif
+}
+
 // A block of nv vectors of output columns [c0, c0 + nv * width) held in registers; weight rows have only
 // O columns, so the block's last vector may be partly padding.
 struct Block {
@@ -344,17 +367,19 @@ struct Buckets {
 // j of input i. The n accumulator rows stay in registers while the bucket's dy rows stream past, so each
 // loaded vector of dy feeds n multiply-adds and each row of dW is written once per bucket, not per sample.
 // Buckets go in order and every row belongs to one or two of them (two only in a continuous layer, whose
-// neighbouring segments share a node: row j * stride is bucket j - 1's last and bucket j's first), so each
-// row is stored by the first bucket that has it (an empty bucket stores zeros) and added to by the second:
-// dW needs no zeroing first.
+// neighbouring segments share a node: row j * stride is bucket j - 1's last and bucket j's first). Such a
+// shared row waits in `carry` (per-thread scratch, one block wide) for the next bucket's sum, and every row
+// is written exactly once, in order (an empty bucket writes zeros): dW needs no zeroing first, and with
+// `stream` the rows bypass the caches (stream_rows says when).
 template <typename T, int N, int NV>
 void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n_rt, int s, int stride,
-                       T* dW_i) {
+                       T* dW_i, T* carry, bool stream) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
     const int n = N > 0 ? N : n_rt;
     const int shared = n - stride;  // rows at the start of a bucket that the bucket before it has (1 or 0)
+    V* held = reinterpret_cast<V*>(carry);
     for (int j = 0; j < s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
         V acc[NA][NV];
@@ -374,12 +399,16 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
 #pragma GCC unroll 32
         for (int k = 0; k < n; ++k) {
             T* row = dW_i + int64_t(j * stride + k) * O + b.c0;
-            if (j == 0 || k >= shared) {
+            if (k < shared && j > 0) {  // the row the bucket before holds: its sum, then this one's
 #pragma GCC unroll 8
-                for (int v = 0; v < NV; ++v) write_part<false, T>(row + v * VL, acc[k][v], O - b.c0 - v * VL);
-            } else if (p1 > p0) {
+                for (int v = 0; v < NV; ++v)
+                    store_part<T>(row + v * VL, p1 > p0 ? held[v] + acc[k][v] : held[v], O - b.c0 - v * VL, stream);
+            } else if (k == n - 1 && shared && j < s - 1) {  // the row the next bucket shares
 #pragma GCC unroll 8
-                for (int v = 0; v < NV; ++v) write_part<true, T>(row + v * VL, acc[k][v], O - b.c0 - v * VL);
+                for (int v = 0; v < NV; ++v) held[v] = acc[k][v];
+            } else {
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; ++v) store_part<T>(row + v * VL, acc[k][v], O - b.c0 - v * VL, stream);
             }
         }
     }
@@ -387,12 +416,12 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
 
 template <typename T, int N>
 void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n, int s, int stride,
-                     T* dW_i) {
+                     T* dW_i, T* carry, bool stream) {
     switch (b.nv) {
-        case 8: grad_weight_block<T, N, 8>(bk, dy, ld, O, b, n, s, stride, dW_i); return;
-        case 4: grad_weight_block<T, N, 4>(bk, dy, ld, O, b, n, s, stride, dW_i); return;
-        case 2: grad_weight_block<T, N, 2>(bk, dy, ld, O, b, n, s, stride, dW_i); return;
-        default: grad_weight_block<T, N, 1>(bk, dy, ld, O, b, n, s, stride, dW_i);
+        case 8: grad_weight_block<T, N, 8>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); return;
+        case 4: grad_weight_block<T, N, 4>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); return;
+        case 2: grad_weight_block<T, N, 2>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); return;
+        default: grad_weight_block<T, N, 1>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream);
     }
 }
 
@@ -403,14 +432,24 @@ void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, 
 // batches 1 and 8 (bucketed forward passes too) the forward pass 0.77-0.90, dL/dW 0.88-0.97.
 inline int max_vectors(int n) { return n <= 3 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 : 1)); }
 
+// Whether dL/dW writes its rows past the caches (non-temporal stores): only whole, aligned vectors can, and
+// it pays only for a table larger than L2, whose rows would otherwise each be read in from L3 or memory
+// before being overwritten. By `benchmarks/kernel_ab.py` and the layer's own backward pass (1 thread, batch
+// 1024, 128 inputs and outputs): with 128 segments (8.1 MiB) dL/dW took 0.79-0.85 of its time; with 32
+// (2.1 MiB) 0.95-0.99, within noise, so smaller tables keep the caches.
+inline bool stream_rows(const void* dW, int64_t bytes, int O, int VL) {
+    return O % VL == 0 && reinterpret_cast<uintptr_t>(dW) % 64 == 0 && bytes >= (int64_t(4) << 20);
+}
+
 // dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
-// on the number of threads. Every entry is stored (grad_weight_block), so dW need not be zeroed first.
+// on the number of threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
 template <typename T>
 void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
     const int ld = padded_width<T>(O);
     std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
     const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
+    const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, Vec<T, 64>::width);
     Padded<T> g(const_cast<T*>(dy), rows, O);
 #pragma omp parallel
     {
@@ -419,19 +458,24 @@ void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, in
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
         Buckets<T> bk(rows, n, s, stride);
+        const Aligned<T> carry = aligned_scratch<T>(ld);
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < I; ++i) {
             bk.fill(basis, xt + int64_t(i) * rows, false);
             T* dW_i = dW + int64_t(i) * K * O;
-            for (int bi = 0; bi < count; ++bi) switch (n) {
-                    case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
-                    case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i); break;
-                    default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i);
+            for (int bi = 0; bi < count; ++bi) {
+                T* c = carry.get() + blocks[bi].c0;
+                switch (n) {
+                    case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                    case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                    case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                    case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                    case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                    default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
                 }
+            }
         }
+        if (stream) store_fence();  // non-temporal stores are weakly ordered: done before the caller reads dW
     }
 }
 
