@@ -98,6 +98,25 @@ def takes_drop(source: Path) -> bool:
     return "int K, int drop" in source.read_text()
 
 
+def takes_transposed(source: Path) -> bool:
+    """Whether kernel.cpp at ``source`` takes x transposed, [in, rows], as its passes did before they
+    transposed it themselves (ctypes cannot tell)."""
+    return "void forward_##SUFFIX(const T* xt," in source.read_text()
+
+
+def kernel_pass(library: ctypes.CDLL, transposed: bool) -> Callable[..., torch.Tensor]:
+    """kernel.run_pass on ``library``. A build that takes x transposed gets x.t().contiguous() in x's place
+    (viewed in x's shape, by which the call sizes its results), made inside the timed call as the layer's
+    calls made it then."""
+
+    def run(name: str, x: torch.Tensor, *arguments) -> torch.Tensor:
+        if transposed:
+            x = x.t().contiguous().view(x.shape)
+        return kernel.run_pass(name, x, *arguments, library)
+
+    return run
+
+
 def entry_points(source: Path) -> dict[str, list[type]]:
     """kernel.SIGNATURES of the entry points kernel.cpp at ``source`` defines (an older one has fewer)."""
     text = source.read_text()
@@ -136,7 +155,9 @@ def measure(
     turns: int,
     dense: bool,
     rows: int = BATCH,
+    base_transposed: bool = False,
 ) -> dict:
+    """One case's passes of the two builds; ``base_transposed``: the base takes x transposed."""
     inputs, outputs, n, segments = case
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -154,7 +175,16 @@ def measure(
             }
         else:
             steps = {
-                key: partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, library)
+                key: partial(
+                    kernel_pass(library, key == "base" and base_transposed),
+                    name,
+                    x,
+                    weight,
+                    grad,
+                    n,
+                    segments,
+                    n - 1,
+                )
                 for key, library in builds.items()
             }
         compare(row, name, steps, turns)
@@ -162,10 +192,16 @@ def measure(
 
 
 def measure_codes(
-    base: ctypes.CDLL, work: ctypes.CDLL, case: tuple, threads: int, turns: int, rows: int = BATCH
+    base: ctypes.CDLL,
+    work: ctypes.CDLL,
+    case: tuple,
+    threads: int,
+    turns: int,
+    rows: int = BATCH,
+    base_transposed: bool = False,
 ) -> dict:
     """The layer over character codes: the working tree's passes over codes against the base's, or against
-    the base's gather passes on the codes' x when it has none."""
+    the base's gather passes on the codes' x when it has none (``base_transposed``: taking x transposed)."""
     inputs, outputs, n, segments = case
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -182,7 +218,7 @@ def measure_codes(
             "base": (
                 partial(on_codes, library=base)
                 if has_codes(base)
-                else partial(kernel.run_pass, name, x, weight, grad, n, segments, n - 1, base)
+                else partial(kernel_pass(base, base_transposed), name, x, weight, grad, n, segments, n - 1)
             ),
             "work": partial(on_codes, library=work),
         }
@@ -229,12 +265,13 @@ def main() -> None:
             parser.error(f"no kernel.cpp at {args.base!r}: {error.stderr.decode().strip()}")
         base = build(base_source)
         compare_dense = takes_drop(base_source) and not args.case
+        transposed = takes_transposed(base_source)
     work = build(ROOT / SOURCE)
     all_threads = torch.get_num_threads()
     thread_counts = sorted({1, all_threads})
     measured = {
         dense: [
-            measure(base, work, case, threads, args.turns, dense, rows=args.rows)
+            measure(base, work, case, threads, args.turns, dense, rows=args.rows, base_transposed=transposed)
             for case in args.case or real_cases(dense)  # --case leaves out the dense passes
             for threads in thread_counts
         ]
@@ -242,7 +279,7 @@ def main() -> None:
         if compare_dense or not dense
     }
     codes_rows = [
-        measure_codes(base, work, case, threads, args.turns, rows=args.rows)
+        measure_codes(base, work, case, threads, args.turns, rows=args.rows, base_transposed=transposed)
         for case in ([] if args.case else codes_cases())
         for threads in thread_counts
     ]

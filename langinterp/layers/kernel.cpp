@@ -203,6 +203,38 @@ void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
         for (int c = 0; c < O; ++c) dst[r * O + c] = src[r * ld + c];
 }
 
+// Between a batch's [rows, I] layout (x, dx) and the input-major [I, rows] one that the passes work in (xt,
+// dxT), rows r0 .. r1, a cache line of them at a time: row by row, the I accesses to the input-major side
+// are `rows` apart, a multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict
+// each other (by `perf`, about a tenth of dL/dx with 128 inputs). The passes were handed x.t().contiguous()
+// before; transposing x here instead, by `benchmarks/kernel_ab.py` (two runs, the benchmark's cases, the
+// torch transpose timed with the base's passes): 0.85-0.95 of their time with 128 segments, 0.88-0.94 in the
+// input layer over reals, 0.77-0.91 with 2 threads and 0.97-1.02 with 1 in the 250-wide layer with 32.
+template <bool ToInputMajor, typename T>
+void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1) {
+    constexpr int64_t R = 64 / sizeof(T);
+    for (int64_t b0 = r0; b0 < r1; b0 += R) {
+        const int64_t b1 = r1 - b0 < R ? r1 : b0 + R;
+        for (int i = 0; i < I; ++i)
+            for (int64_t r = b0; r < b1; ++r) {
+                if constexpr (ToInputMajor)
+                    to[int64_t(i) * rows + r] = from[r * I + i];
+                else
+                    to[r * I + i] = from[int64_t(i) * rows + r];
+            }
+    }
+}
+
+// All the rows, shared among the threads of the enclosing parallel region, which wait for each other at the
+// end.
+template <bool ToInputMajor, typename T>
+void transpose_shared(const T* from, T* to, int64_t rows, int I) {
+    constexpr int64_t R = 64 / sizeof(T);
+#pragma omp for schedule(static)
+    for (int64_t r0 = 0; r0 < rows; r0 += R)
+        transpose_rows<ToInputMajor>(from, to, rows, I, r0, rows - r0 < R ? rows : r0 + R);
+}
+
 // The first `valid` lanes at p (all of them when valid >= the width), zero elsewhere; reads nothing past
 // them, so the last row of a weight table is safe. And the matching write into memory: stored over what is
 // there, or added to it (Add). With AVX-512 a partial vector is one masked load or store (masked-off lanes
@@ -444,8 +476,10 @@ inline bool stream_rows(const void* dW, int64_t bytes, int O, int VL) {
 // dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
 // on the number of threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
 template <typename T>
-void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+void grad_weight(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
+    const Aligned<T> scratch = aligned_scratch<T>(rows * I);
+    T* xt = scratch.get();
     const int ld = padded_width<T>(O);
     std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
     const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
@@ -457,6 +491,7 @@ void grad_weight(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, in
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
+        transpose_shared<true>(x, xt, rows, I);
         Buckets<T> bk(rows, n, s, stride);
         const Aligned<T> carry = aligned_scratch<T>(ld);
 #pragma omp for schedule(dynamic, 1)
@@ -806,8 +841,10 @@ void forward_direct(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64
 // in the same order whatever the number of threads (and whichever pass: both add the same products in the
 // same order).
 template <typename T>
-void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+void forward(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     const Basis<T> basis(n);
+    const Aligned<T> scratch = aligned_scratch<T>(rows * I);
+    T* xt = scratch.get();
     const int ld = padded_width<T>(O);
     const bool tiled = use_tiles(rows, K);
     Padded<T> out(y, rows, O);
@@ -816,6 +853,7 @@ void forward(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, i
         const int threads = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
         if (r1 > r0) {
+            transpose_rows<true>(x, xt, rows, I, r0, r1);  // the thread's own rows: no waiting for the others
             if (tiled)
                 for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
                     const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
@@ -1127,19 +1165,20 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
     }
 }
 
-// dL/dx into dxT [I, rows], then transposed into dx [rows, I]: for a sample in segment j of input i,
-// dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
-// dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times
-// dphi_1, replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2; the tiled one
-// reads, for every n >= 2, the n - 1 differences of a segment's rows with its first (pack_slices). Batches of at
-// least K rows take the tiled pass (threads own slices of inputs), smaller ones the bucketed pass (threads own
-// inputs), except that n = 2 with more than kDifferenceTilesUpTo segments keeps the bucketed pass, which the
-// tiled one did not beat there; either way each dx is summed in an order that does not depend on the number
-// of threads.
+// dL/dx into dxT [I, rows] (from x transposed into xt), then transposed into dx [rows, I]: for a sample in segment j of
+// input i, dx = sum_k dphi_k <W[i, j * stride + k], dy>. With n = 2 the two derivatives are opposite (nodes -1 and 1:
+// dphi_0 = -dphi_1 = -scale / 2, exactly), so one dot product with the difference of the two rows, times dphi_1,
+// replaces two: half the multiply-adds and weight loads. Both passes do that for n = 2; the tiled one reads, for every
+// n >= 2, the n - 1 differences of a segment's rows with its first (pack_slices). Batches of at least K rows take the
+// tiled pass (threads own slices of inputs), smaller ones the bucketed pass (threads own inputs), except that n = 2
+// with more than kDifferenceTilesUpTo segments keeps the bucketed pass, which the tiled one did not beat there; either
+// way each dx is summed in an order that does not depend on the number of threads.
 template <typename T>
-void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
+void grad_input(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
     const Basis<T> basis(n);
+    const Aligned<T> scratch = aligned_scratch<T>(rows * I);
+    T* xt = scratch.get();
     const int ld = padded_width<T>(O);
     const bool tiled = (n != 2 || s <= kDifferenceTilesUpTo) && use_tiles(rows, K);
     Padded<T> g(const_cast<T*>(dy), rows, O);
@@ -1149,6 +1188,7 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
+        transpose_shared<true>(x, xt, rows, I);
         if (tiled) {
             for (int64_t q = 0, chunks = chunk_count(0, rows); q < chunks; ++q) {
                 const int64_t c = chunk_start(0, rows, q, chunks), c1 = chunk_start(0, rows, q + 1, chunks);
@@ -1157,16 +1197,7 @@ void grad_input(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t row
         } else {
             grad_input_bucketed(basis, xt, W, g.rows, dxT, rows, I, O, ld, n, s, stride, K);
         }
-        // A cache line of dxT's rows at a time: row by row, the I reads of one row of dx are `rows` apart, a
-        // multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict each other
-        // (by `perf`, about a tenth of dL/dx with 128 inputs).
-        constexpr int64_t R = 64 / sizeof(T);
-#pragma omp for schedule(static)
-        for (int64_t r0 = 0; r0 < rows; r0 += R) {
-            const int64_t r1 = rows - r0 < R ? rows : r0 + R;
-            for (int i = 0; i < I; ++i)
-                for (int64_t r = r0; r < r1; ++r) dx[r * I + i] = dxT[int64_t(i) * rows + r];
-        }
+        transpose_shared<false>(dxT, dx, rows, I);
     }
 }
 
@@ -1254,10 +1285,9 @@ void codes_forward(const uint8_t* codes, const T* W, T* table, T* y, int64_t row
     constexpr int VL = Vec<T, 64>::width;
     const CodePlaces<T> at(n, s, stride);
     if (table == nullptr) {
-        std::unique_ptr<T[]> xt(new T[rows * I]);
-        for (int i = 0; i < I; ++i)
-            for (int64_t r = 0; r < rows; ++r) xt[i * rows + r] = at.x[code_of(codes, r * I + i)];
-        forward(xt.get(), W, y, rows, I, O, n, s, stride, K);
+        std::unique_ptr<T[]> x(new T[rows * I]);
+        for (int64_t e = 0; e < rows * I; ++e) x[e] = at.x[code_of(codes, e)];
+        forward(x.get(), W, y, rows, I, O, n, s, stride, K);
         return;
     }
     const int ld = padded_width<T>(O);
@@ -1460,23 +1490,24 @@ extern "C" {
 
 // `threads` comes from torch.get_num_threads() at the call (fewer for small calls), so these kernels share
 // the torch thread budget.
-// Every pass reads x transposed, xt [I, rows], and keeps one input's buckets per thread. dL/dx's
-// transposed result dxT [I, rows] is caller-provided (so that torch sees and accounts for that memory).
+// Every pass takes x [rows, I] and works on it transposed (xt [I, rows], scratch), keeping one input's buckets
+// per thread. dL/dx's transposed result dxT [I, rows] is caller-provided (so that torch sees and accounts for
+// that memory).
 #define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \
-    void forward_##SUFFIX(const T* xt, const T* W, T* y, int64_t rows, int I, int O, int n, int s,           \
+    void forward_##SUFFIX(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, int s,            \
                           int stride, int K, int threads) {                                                 \
         ThreadsFor team(threads);                                                                           \
-        forward<T>(xt, W, y, rows, I, O, n, s, stride, K);                                                  \
+        forward<T>(x, W, y, rows, I, O, n, s, stride, K);                                                   \
     }                                                                                                       \
-    void grad_weight_##SUFFIX(const T* xt, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,     \
+    void grad_weight_##SUFFIX(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,      \
                               int stride, int K, int threads) {                                             \
         ThreadsFor team(threads);                                                                           \
-        grad_weight<T>(xt, dy, dW, rows, I, O, n, s, stride, K);                                            \
+        grad_weight<T>(x, dy, dW, rows, I, O, n, s, stride, K);                                             \
     }                                                                                                       \
-    void grad_input_##SUFFIX(const T* xt, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, \
+    void grad_input_##SUFFIX(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O,  \
                              int n, int s, int stride, int K, int threads) {                                \
         ThreadsFor team(threads);                                                                           \
-        grad_input<T>(xt, W, dy, dx, dxT, rows, I, O, n, s, stride, K);                                     \
+        grad_input<T>(x, W, dy, dx, dxT, rows, I, O, n, s, stride, K);                                      \
     }
 
 #define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \

@@ -117,12 +117,12 @@ def _call(
     step: int,
     library: ctypes.CDLL | None = None,
 ):
-    """Run kernel ``name`` on ``tensors`` (x first), handing it x transposed ([in, rows]: every kernel works
-    input by input) and, for dL/dx, a transposed result buffer that torch allocates so that it sees that
-    memory. ``library``: another build of kernel.cpp (benchmarks/kernel_ab.py), else this process's."""
-    tensors = [x.t().contiguous(), *tensors[1:]]
+    """Run kernel ``name`` on ``tensors`` (x first, [rows, in]: every kernel transposes it itself to work
+    input by input, faster than x.t().contiguous(), kernel.cpp's transpose_rows) and, for dL/dx, a transposed
+    result buffer that torch allocates so that it sees that memory. ``library``: another build of kernel.cpp
+    (benchmarks/kernel_ab.py), else this process's."""
     if name == "grad_input":
-        tensors.append(x.new_empty(weight.shape[0], x.shape[0]))
+        tensors = [*tensors, x.new_empty(weight.shape[0], x.shape[0])]
     _invoke(name, tensors, x.shape[0], weight, n, segments, step, library)
 
 
