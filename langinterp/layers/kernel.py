@@ -393,6 +393,7 @@ def backward_with(grad_input, grad_weight):
 
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # once for both ops: a broadcast dL/dy (of a sum) would be copied by each
         wanted = grad_input is not None and ctx.needs_input_grad[0]
         grad_x = grad_input(x, grad, weight, *ctx.shape) if wanted else None
         grad_w = grad_weight(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[1] else None
