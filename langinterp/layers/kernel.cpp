@@ -574,8 +574,12 @@ inline bool use_tiles(int64_t rows, int K) { return rows >= K; }
 // tiled one took 0.75-0.78 of its time with 8 segments and 0.81-0.99 with 16 (two runs); with 32,
 // 0.94-0.98 for 250 inputs and outputs and 0.76-0.78 for 128 (two runs, once its threads shared out the
 // slices instead of the rows: sharing rows, each thread copied the whole table and two threads measured
-// 1.01-1.17); with 64 and 128 segments 1.20-1.28 (one run).
-constexpr int kDifferenceTilesUpTo = 32;
+// 1.01-1.17); with 64 and 128 segments 1.20-1.28 (one run). Measured again since the slices are packed in one
+// pass over the table (two runs): with 64 segments 0.85-0.90 for 128 inputs and outputs, 0.90-0.94 for 250,
+// 0.93-1.01 for 128 inputs and 250 outputs, 0.66-0.67 for 64 (one run), 0.98-1.02 for 200 and 1.02-1.05 for
+// 16 inputs and 250 outputs (one run); with 128 segments 0.96-1.07 with 128 outputs, 0.71-0.91 with 64 and
+// 1.08-1.25 with 250; with 256, 0.98-1.28.
+constexpr int kDifferenceTilesUpTo = 64;
 
 // A tiled pass takes its rows (a thread's in the forward pass, all of them in dL/dx) in equal chunks of at
 // most this many (each copying the table again), so that the scratch (the located inputs of one slice:

@@ -7,7 +7,7 @@ Linear). The kernel visits only the n active rows per input, in forward and back
 memory do not grow with the number of segments. Three ways, chosen per call:
 
 - bucketed (every dL/dW; forward and dL/dx of small batches, but the forward pass of the smallest; dL/dx at
-  n = 2 with more than 32 segments):
+  n = 2 with more than 64 segments):
   input by input over the samples grouped by the segment they fall in (a counting sort of x's column), so
   that a segment's n weight rows are read once for all its samples: the forward pass keeps them in
   registers while its samples' output rows stream past, dL/dW accumulates them in registers while dL/dy
