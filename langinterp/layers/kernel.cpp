@@ -467,8 +467,8 @@ inline int max_vectors(int n) { return n <= 3 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 :
 // Whether dL/dW writes its rows past the caches (non-temporal stores): only whole, aligned vectors can, and
 // it pays only for a table larger than L2, whose rows would otherwise each be read in from L3 or memory
 // before being overwritten. By `benchmarks/kernel_ab.py` (batch 1024, 128 inputs and outputs): with 128
-// segments (8.1 MiB) dL/dW took 0.81-0.91 of its time (two runs); with 32 (2.1 MiB) 0.95-1.03, within the
-// noise, so smaller tables keep the caches.
+// segments (8.1 MiB) dL/dW took 0.81-0.91 of its time (two runs); with 32 (2.1 MiB) streamed too, 0.95-0.99
+// (one run), within the noise, so smaller tables keep the caches.
 inline bool stream_rows(const void* dW, int64_t bytes, int O, int VL) {
     return O % VL == 0 && reinterpret_cast<uintptr_t>(dW) % 64 == 0 && bytes >= (int64_t(4) << 20);
 }
