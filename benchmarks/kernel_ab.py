@@ -7,9 +7,11 @@ On a shared machine whose speed moves by up to 2x between runs, two runs of benc
 tell a 10% change in the kernel from a change in the load. This script builds langinterp/layers/kernel.cpp
 as committed at --base (default HEAD) and as it is in the working tree, loads both into this one process
 and, for each case of benchmarks/layers.py on real inputs that takes the kernel (more than
-max(floor(1.5n), 3) + 1 weights per link), calls each pass (forward, dL/dW, dL/dx) of the two builds
-alternately on the same tensors at batch 1024 (--rows: another batch; below K rows the forward pass and
-dL/dx take the bucketed passes, as in generation), with one thread and with all threads; likewise the two
+max(floor(1.5n), 3) + 1 weights per link), calls each pass (forward, dL/dW, dL/dx, and both gradients of a
+backward pass together: a build's grad_both, or at a base without one its dL/dx then its dL/dW, as the layer
+called them then) of the two builds alternately on the same tensors at batch 1024 (--rows: another batch;
+below K rows the forward pass and dL/dx take the bucketed passes, as in generation), with one thread and
+with all threads; likewise the two
 passes of the dense path (the basis matrix, dL/dx from dL/dbasis) for the cases that take it, and the two
 passes of the layer over character codes (forward, dL/dW) for its case: the base's passes over codes, or,
 at a base without them, its gather passes on the codes' x (what that layer ran then). --case replaces the
@@ -40,7 +42,7 @@ from langinterp.layers.piecewise import dense_pays
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path("langinterp") / "layers" / "kernel.cpp"
-PASSES = ("forward", "grad_weight", "grad_input")
+PASSES = ("forward", "grad_weight", "grad_input", "grad_both")
 DENSE_PASSES = ("dense_basis", "dense_grad_input")
 # The passes of the layer over codes, by the name of the gather pass each replaced.
 CODES_PASSES = {"forward": "codes_forward", "grad_weight": "codes_grad_weight"}
@@ -117,6 +119,19 @@ def kernel_pass(library: ctypes.CDLL, transposed: bool) -> Callable[..., torch.T
     return run
 
 
+def backward_pass(library: ctypes.CDLL, transposed: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """(dL/dx, dL/dW) of one backward pass on ``library``: its grad_both, or the two passes one after the
+    other in a build without it (``transposed`` as in kernel_pass)."""
+    if hasattr(library, "grad_both_f32"):
+        return partial(kernel.run_grad_both, library=library)
+    run = kernel_pass(library, transposed)
+
+    def both(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, *shape: int):
+        return run("grad_input", x, weight, grad, *shape), run("grad_weight", x, weight, grad, *shape)
+
+    return both
+
+
 def entry_points(source: Path) -> dict[str, list[type]]:
     """kernel.SIGNATURES of the entry points kernel.cpp at ``source`` defines (an older one has fewer)."""
     text = source.read_text()
@@ -136,11 +151,19 @@ def has_codes(library: ctypes.CDLL) -> bool:
     return hasattr(library, "codes_forward_f32")
 
 
-def compare(row: dict, name: str, steps: dict[str, Callable[[], torch.Tensor]], turns: int) -> None:
+def relative_difference(work: torch.Tensor | tuple, base: torch.Tensor | tuple) -> float:
+    """The largest difference between two builds' results relative to the base's largest entry; for a pair
+    of results (grad_both's), the larger of the two."""
+    if isinstance(base, tuple):
+        return max(map(relative_difference, work, base))
+    return float((work - base).abs().max() / base.abs().max())
+
+
+def compare(row: dict, name: str, steps: dict[str, Callable[[], torch.Tensor | tuple]], turns: int) -> None:
     """Pass ``name`` of the two builds (``steps``: base, work) into ``row``: the largest difference of their
     results relative to the largest entry, each build's median time and the median turn-by-turn ratio."""
-    results = [step() for step in steps.values()]
-    row[f"{name}_difference"] = float((results[1] - results[0]).abs().max() / results[0].abs().max())
+    base, work = (step() for step in steps.values())
+    row[f"{name}_difference"] = relative_difference(work, base)
     times = turns_ms(steps, turns, warmup=2)
     row[f"{name}_base_ms"] = statistics.median(times["base"])
     row[f"{name}_work_ms"] = statistics.median(times["work"])
@@ -167,24 +190,21 @@ def measure(
     grad = torch.randn(rows, inputs * K if dense else outputs)
     row = {"in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads}
     builds = {"base": base, "work": work}
+    transposed = {"base": base_transposed, "work": False}
     for name in DENSE_PASSES if dense else PASSES:
         if dense:
             steps = {
                 key: partial(kernel.run_dense_pass, name, x, grad, K, n, segments, n - 1, library=library)
                 for key, library in builds.items()
             }
+        elif name == "grad_both":
+            steps = {
+                key: partial(backward_pass(library, transposed[key]), x, weight, grad, n, segments, n - 1)
+                for key, library in builds.items()
+            }
         else:
             steps = {
-                key: partial(
-                    kernel_pass(library, key == "base" and base_transposed),
-                    name,
-                    x,
-                    weight,
-                    grad,
-                    n,
-                    segments,
-                    n - 1,
-                )
+                key: partial(kernel_pass(library, transposed[key]), name, x, weight, grad, n, segments, n - 1)
                 for key, library in builds.items()
             }
         compare(row, name, steps, turns)

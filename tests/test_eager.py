@@ -23,6 +23,14 @@ def piecewise_case():
     return (x, weight), (3, 4, 2)
 
 
+def fused_case():
+    """(x, weight) of a continuous layer, n = 2, 128 segments: its backward pass takes dL/dx and dL/dW in one
+    pass over the buckets (kernel.cpp's grad_both)."""
+    x = torch.rand(300, 5, dtype=torch.float64) * 2.4 - 1.2
+    weight = torch.randn(5, 129, 7, dtype=torch.float64)
+    return (x, weight), (2, 128, 1)
+
+
 def codes_case():
     """Codes enough for the forward pass's table (kernel.CODES_TABLE_ROWS), and their layer's weights."""
     codes = torch.randint(0, 128, (300, 4), dtype=torch.uint8)
@@ -37,6 +45,7 @@ def basis_case(drop):
 
 CASES = {
     "piecewise": (layer_kernel.apply_piecewise, layer_kernel.piecewise, piecewise_case),
+    "piecewise, n = 2": (layer_kernel.apply_piecewise, layer_kernel.piecewise, fused_case),
     "codes": (layer_kernel.apply_character_lookup, layer_kernel.character_lookup, codes_case),
     "basis": (layer_kernel.apply_piecewise_basis, layer_kernel.piecewise_basis, lambda: basis_case(0)),
     "reduced basis": (
@@ -92,7 +101,7 @@ def layers_and_inputs():
 
 def test_eager_layers_do_not_go_through_the_dispatcher_unless_told_to():
     expected = [
-        {"langinterp::piecewise", "langinterp::piecewise_grad_input", "langinterp::piecewise_grad_weight"},
+        {"langinterp::piecewise", "langinterp::piecewise_grads"},
         {"langinterp::character_lookup", "langinterp::character_lookup_grad_weight"},
     ]
     for (layer, x), ops in zip(layers_and_inputs(), expected, strict=True):

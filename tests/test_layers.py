@@ -401,7 +401,8 @@ def test_a_small_kernel_call_leaves_torch_thread_count_alone():
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
-@pytest.mark.parametrize(("n", "s"), [(3, 64), (2, 16)])  # (2, 16): dL/dx tiled over difference rows
+# (2, 16): dL/dx tiled over difference rows; (2, 128): bucketed, in one pass with dL/dW (grad_both)
+@pytest.mark.parametrize(("n", "s"), [(3, 64), (2, 16), (2, 128)])
 def test_kernel_results_do_not_depend_on_thread_count(n, s):
     layer = make("continuous", n, s, inputs=40, outputs=70, path="kernel", dtype=torch.float32)
     x = (torch.rand(300, 40) * 2.2 - 1.1).requires_grad_()  # enough work for two threads
@@ -453,16 +454,53 @@ def test_kernel_weight_gradient_overwrites_its_buffer():
 def test_kernel_weight_gradient_of_a_table_past_the_caches(kind, n, s, dtype):
     # From 4 MiB on, with rows of whole vectors (128 outputs), dL/dW goes out through non-temporal stores
     # (kernel.cpp, stream_rows), a continuous layer's shared rows carried from bucket to bucket: still every
-    # entry written (200 rows leave most segments empty; the buffer starts as NaN) and the dense basis's sums.
+    # entry written (200 rows leave most segments empty; the buffer starts as NaN) and the dense basis's sums;
+    # also when dL/dx comes in the same call (grad_both: at n = 2 in the same pass over the buckets).
     torch.manual_seed(0)
     K, step = weights_per_link(kind, n, s), stride(kind, n)
     inputs = -(-(4 << 20) // (K * 128 * dtype.itemsize))  # the fewest inputs that reach 4 MiB
     x = torch.rand(200, inputs, dtype=dtype) * 2.2 - 1.1
-    weight, grad = torch.empty(inputs, K, 128, dtype=dtype), torch.randn(200, 128, dtype=dtype)
-    result = torch.full_like(weight, float("nan"))
-    layer_kernel._call("grad_weight", [x, grad, result], x, weight, n, s, step)
+    weight, grad = torch.randn(inputs, K, 128, dtype=dtype), torch.randn(200, 128, dtype=dtype)
     expected = (layer_kernel.piecewise_basis(x, K, n, s, step).T @ grad).reshape(weight.shape)
-    assert relative_error(result, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
+    alone, together = torch.full_like(weight, float("nan")), torch.full_like(weight, float("nan"))
+    layer_kernel._call("grad_weight", [x, grad, alone], x, weight, n, s, step)
+    grad_x = torch.empty_like(x)
+    layer_kernel._call("grad_both", [x, weight, grad, together, grad_x], x, weight, n, s, step)
+    assert relative_error(alone, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
+    assert torch.equal(together, alone)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("outputs", [5, 32, 37, 128, 250])
+@pytest.mark.parametrize(
+    ("kind", "n", "s", "rows"),
+    [
+        ("continuous", 2, 128, 300),  # n = 2: dL/dx in the same pass over the buckets as dL/dW
+        ("discontinuous", 2, 96, 300),  # rows 2j and 2j + 1
+        ("continuous", 2, 16, 9),
+        ("continuous", 2, 16, 53),  # dL/dx alone would take the tiled pass here
+        ("polynomial", 2, 1, 1),
+        ("continuous", 3, 8, 9),  # n = 3: the two passes one after the other
+        ("continuous", 3, 8, 53),
+    ],
+)
+def test_kernel_both_gradients_in_one_call_are_the_two_passes(kind, n, s, rows, outputs, dtype):
+    # grad_both computes dL/dW exactly as grad_weight does (the same sums in the same order) and, at n = 2,
+    # dL/dx as the bucketed grad_input's lane-wise sums, reduced in another order. Outputs: less than a
+    # vector, whole vectors (in place), a part (padded), one block of 8 vectors in float32 and two in
+    # float64, and two blocks with a part (each sample's sums carried from block to block). Some buckets
+    # stay empty.
+    torch.manual_seed(0)
+    K, step = weights_per_link(kind, n, s), stride(kind, n)
+    x = torch.rand(rows, 6, dtype=dtype) * 2.2 - 1.1
+    weight, grad = torch.randn(6, K, outputs, dtype=dtype), torch.randn(rows, outputs, dtype=dtype)
+    grad_x, grad_w = layer_kernel.run_grad_both(x, weight, grad, n, s, step)
+    assert torch.equal(grad_w, layer_kernel.run_pass("grad_weight", x, weight, grad, n, s, step))
+    expected = layer_kernel.run_pass("grad_input", x, weight, grad, n, s, step)
+    assert relative_error(grad_x, expected) <= (1e-14 if dtype == torch.float64 else 1e-6)
+    if n != 2:
+        assert torch.equal(grad_x, expected)
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
@@ -579,6 +617,10 @@ def test_kernel_without_avx512_computes_the_same_results(portable_kernel, n, s, 
         native_result = layer_kernel.run_pass(name, x, weight, grad, n, s, step)
         portable = layer_kernel.run_pass(name, x, weight, grad, n, s, step, library=portable_kernel)
         assert relative_error(portable, native_result) <= tolerance, name
+    native_pair = layer_kernel.run_grad_both(x, weight, grad, n, s, step)
+    portable_pair = layer_kernel.run_grad_both(x, weight, grad, n, s, step, library=portable_kernel)
+    for native_result, portable in zip(native_pair, portable_pair, strict=True):
+        assert relative_error(portable, native_result) <= tolerance, "grad_both"
     codes = torch.randint(0, 128, (rows * 20, 6), dtype=torch.uint8)  # from 256 rows on, through the table
     code_weight = torch.randn(6, 129, outputs, dtype=dtype)
     code_grad = torch.randn(rows * 20, outputs, dtype=dtype)

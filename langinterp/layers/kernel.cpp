@@ -403,12 +403,18 @@ struct Buckets {
 // shared row waits in `carry` (per-thread scratch, one block wide) for the next bucket's sum, and every row
 // is written exactly once, in order (an empty bucket writes zeros): dW needs no zeroing first, and with
 // `stream` the rows bypass the caches (stream_rows says when).
-template <typename T, int N, int NV>
+// With Dots (n = 2, grad_both), the same pass also takes dL/dx's dot products while each dy row is loaded:
+// the bucket's difference row D = W_i[j * stride + 1] - W_i[j * stride] over the block stays in registers,
+// and sample r's lane-wise sum of D dy_r (started at zero in the `first` block, else read back) goes to
+// dots[r] for grad_both to reduce.
+template <typename T, int N, int NV, bool Dots = false>
 void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n_rt, int s, int stride,
-                       T* dW_i, T* carry, bool stream) {
+                       T* dW_i, T* carry, bool stream, const T* W_i = nullptr,
+                       typename Vec<T, 64>::type* dots = nullptr, bool first = true) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     constexpr int NA = N > 0 ? N : kMaxN;
+    static_assert(!Dots || N == 2, "dL/dx rides along at n = 2 only");
     const int n = N > 0 ? N : n_rt;
     const int shared = n - stride;  // rows at the start of a bucket that the bucket before it has (1 or 0)
     V* held = reinterpret_cast<V*>(carry);
@@ -417,6 +423,13 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
         V acc[NA][NV];
         for (int k = 0; k < n; ++k)
             for (int v = 0; v < NV; ++v) acc[k][v] = V{};
+        V d[Dots ? NV : 1];
+        if constexpr (Dots)
+            if (p1 > p0) {
+                const T* w = W_i + int64_t(j) * stride * O + b.c0;
+                for (int v = 0; v < NV; ++v)
+                    d[v] = load_part<T>(w + O + v * VL, O - b.c0 - v * VL) - load_part<T>(w + v * VL, O - b.c0 - v * VL);
+            }
         for (int64_t p = p0; p < p1; ++p) {
             const int64_t r = bk.sample[p];
             const V* g = reinterpret_cast<const V*>(dy + r * ld + b.c0);
@@ -425,6 +438,11 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
             for (int k = 0; k < n; ++k) {
                 const T ph = bk.phi[k * bk.rows + r];
                 for (int v = 0; v < NV; ++v) acc[k][v] += ph * gv[v];
+            }
+            if constexpr (Dots) {
+                V sum = first ? V{} : dots[r];
+                for (int v = 0; v < NV; ++v) sum += d[v] * gv[v];
+                dots[r] = sum;
             }
         }
         // Unrolled, so that acc stays in registers (a loop indexing it would keep it in memory).
@@ -1205,6 +1223,75 @@ void grad_input(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows
     }
 }
 
+template <typename T>
+void grad_both_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int s, int stride, T* dW_i, T* carry,
+                   bool stream, const T* W_i, typename Vec<T, 64>::type* dots, bool first) {
+    switch (b.nv) {
+        case 8: grad_weight_block<T, 2, 8, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        case 4: grad_weight_block<T, 2, 4, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        case 2: grad_weight_block<T, 2, 2, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        default: grad_weight_block<T, 2, 1, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first);
+    }
+}
+
+// Both gradients of a training step. At n = 2, dL/dx rides along with dL/dW's bucketed pass: the two passes
+// sort the same buckets and stream the same rows of dL/dy in the same order, and at batch sizes where a
+// bucket holds a few samples, reading those rows from L2 is most of the time of each. One pass sorts once and
+// reads each row once for both: dL/dW's sums, rows and order are grad_weight's (the same bits), and each dx
+// is the bucketed grad_input's lane-wise sums, reduced a vector's worth of samples at a time (lane_sums), not
+// one by one. Against grad_input then grad_weight (`benchmarks/kernel_ab.py`, batch 1024, 1 and 2 threads):
+// with 128 segments 0.60-0.74 of the time (two runs; dL/dx bucketed either way), and where dL/dx would take
+// the tiled pass, 8 to 64 segments, 0.67-0.85 (one run). Other n run the two passes one after the other.
+template <typename T>
+void grad_both(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
+               int stride, int K) {
+    if (n != 2) {
+        grad_input<T>(x, W, dy, dx, dxT, rows, I, O, n, s, stride, K);
+        grad_weight<T>(x, dy, dW, rows, I, O, n, s, stride, K);
+        return;
+    }
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    const Basis<T> basis(n);
+    const Aligned<T> scratch = aligned_scratch<T>(rows * I);
+    T* xt = scratch.get();
+    const int ld = padded_width<T>(O);
+    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
+    const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
+    const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, VL);
+    Padded<T> g(const_cast<T*>(dy), rows, O);
+#pragma omp parallel
+    {
+        if (g.copied()) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
+        }
+        transpose_shared<true>(x, xt, rows, I);
+        Buckets<T> bk(rows, n, s, stride);
+        const Aligned<T> carry = aligned_scratch<T>(ld);
+        const Aligned<T> dot_scratch = aligned_scratch<T>(rows * VL);
+        V* dots = reinterpret_cast<V*>(dot_scratch.get());
+        const T* dphi = bk.dphi.get() + rows;  // dphi_1 = -dphi_0 (grad_input)
+#pragma omp for schedule(dynamic, 1)
+        for (int i = 0; i < I; ++i) {
+            bk.fill(basis, xt + int64_t(i) * rows, true);
+            const T* W_i = W + int64_t(i) * K * O;
+            for (int bi = 0; bi < count; ++bi)
+                grad_both_any<T>(bk, g.rows, ld, O, blocks[bi], s, stride, dW + int64_t(i) * K * O,
+                                 carry.get() + blocks[bi].c0, stream, W_i, dots, bi == 0);
+            T* out = dxT + int64_t(i) * rows;
+            for (int64_t r = 0; r < rows; r += VL) {
+                const int m = rows - r < VL ? int(rows - r) : VL;
+                V a[VL];
+                for (int u = 0; u < VL; ++u) a[u] = dots[r + (u < m ? u : 0)];
+                write_part<false, T>(out + r, lane_sums<T>(a) * load_part<T>(dphi + r, m), m);
+            }
+        }
+        if (stream) store_fence();
+        transpose_shared<false>(dxT, dx, rows, I);
+    }
+}
+
 // The layer over character codes (character.py). Code c enters as x = (c + 0.5) / 64 - 1 (exact in every
 // float type), so its segment and basis values are fixed: its contribution to input i is one row,
 // table[i, c] = sum_k phi_k(c) W[i, first(c) + k], the same for every sample.
@@ -1512,6 +1599,11 @@ extern "C" {
                              int n, int s, int stride, int K, int threads) {                                \
         ThreadsFor team(threads);                                                                           \
         grad_input<T>(x, W, dy, dx, dxT, rows, I, O, n, s, stride, K);                                      \
+    }                                                                                                       \
+    void grad_both_##SUFFIX(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I,   \
+                            int O, int n, int s, int stride, int K, int threads) {                          \
+        ThreadsFor team(threads);                                                                           \
+        grad_both<T>(x, W, dy, dW, dx, dxT, rows, I, O, n, s, stride, K);                                   \
     }
 
 #define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \

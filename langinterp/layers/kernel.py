@@ -7,12 +7,14 @@ Linear). The kernel visits only the n active rows per input, in forward and back
 memory do not grow with the number of segments. Three ways, chosen per call:
 
 - bucketed (every dL/dW; forward and dL/dx of small batches, but the forward pass of the smallest; dL/dx at
-  n = 2 with more than 64 segments):
+  n = 2 with more than 64 segments, or wanted with dL/dW):
   input by input over the samples grouped by the segment they fall in (a counting sort of x's column), so
   that a segment's n weight rows are read once for all its samples: the forward pass keeps them in
   registers while its samples' output rows stream past, dL/dW accumulates them in registers while dL/dy
   streams past (one store per segment, not per sample), and dL/dx takes its dot products against them in
-  L1 (at n = 2 one dot product with the difference of the two rows).
+  L1 (at n = 2 one dot product with the difference of the two rows). A backward pass that wants both
+  gradients at n = 2 takes them in one pass over the buckets (``grad_both``), which sorts once and reads
+  each row of dL/dy once for both: 0.60-0.85 of the time of the two passes at batch 1024 (README).
 - tiled (forward and the other dL/dx, of batches of at least K rows): a slice of the table (a few inputs,
   one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied out (every
   block's slice of those inputs in one pass over their rows, in order) and, held in L1, the samples stream
@@ -71,6 +73,7 @@ SIGNATURES = {
     "forward": _arguments(3, 7),
     "grad_weight": _arguments(3, 7),
     "grad_input": _arguments(5, 7),
+    "grad_both": _arguments(6, 7),
     "dense_basis": _arguments(2, 7),
     "dense_grad_input": _arguments(3, 7),
     "codes_forward": _arguments(4, 7),
@@ -121,7 +124,7 @@ def _call(
     input by input, faster than x.t().contiguous(), kernel.cpp's transpose_rows) and, for dL/dx, a transposed
     result buffer that torch allocates so that it sees that memory. ``library``: another build of kernel.cpp
     (benchmarks/kernel_ab.py), else this process's."""
-    if name == "grad_input":
+    if name in ("grad_input", "grad_both"):
         tensors = [*tensors, x.new_empty(weight.shape[0], x.shape[0])]
     _invoke(name, tensors, x.shape[0], weight, n, segments, step, library)
 
@@ -170,6 +173,24 @@ def run_pass(
     return result
 
 
+def run_grad_both(
+    x: Tensor,
+    weight: Tensor,
+    grad: Tensor,
+    n: int,
+    segments: int,
+    step: int,
+    library: ctypes.CDLL | None = None,
+) -> tuple[Tensor, Tensor]:
+    """dL/dx and dL/dW of one backward pass in one call (kernel.cpp's grad_both: where dL/dx is bucketed, one
+    pass over the buckets reads each row of dL/dy once for both). Contiguous tensors; ``library`` as in
+    _call."""
+    grad_x = torch.empty_like(x)
+    grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    _call("grad_both", [x, weight, grad, grad_w, grad_x], x, weight, n, segments, step, library)
+    return grad_x, grad_w
+
+
 def _piecewise(x: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     """y[r, o] = sum_i sum_k phi_k(t_ri) weight[i, j_ri * step + k, o]; x [rows, in], weight [in, K, out]."""
     return run_pass("forward", x.contiguous(), weight.contiguous(), None, n, segments, step)
@@ -215,6 +236,24 @@ piecewise_grad_input = torch.library.custom_op(
 @piecewise_grad_input.register_fake
 def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _piecewise_grads(
+    x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
+) -> tuple[Tensor, Tensor]:
+    """(dL/dx, dL/dweight) together, for a backward pass that wants both."""
+    return run_grad_both(x.contiguous(), weight.contiguous(), grad.contiguous(), n, segments, step)
+
+
+piecewise_grads = torch.library.custom_op("langinterp::piecewise_grads", _piecewise_grads, mutates_args=())
+
+
+@piecewise_grads.register_fake
+def _(x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int) -> tuple[Tensor, Tensor]:
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        torch.empty_like(weight, memory_format=torch.contiguous_format),
+    )
 
 
 # The character codes the passes over codes serve, 0..127 (kernel.cpp's kCodes; CharacterInput's CODES).
@@ -387,14 +426,17 @@ def setup_context(ctx, inputs, output) -> None:
     ctx.shape = (n, segments, step)
 
 
-def backward_with(grad_input, grad_weight):
+def backward_with(grad_input, grad_weight, grads=None):
     """The backward formula of a piecewise op from its two gradient ops (shared with triton_ops.py);
-    ``grad_input`` None for an op whose first input is integer codes, which has no gradient."""
+    ``grad_input`` None for an op whose first input is integer codes, which has no gradient; ``grads``, if
+    given, an op computing both at once, called when both are wanted."""
 
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()  # once for both ops: a broadcast dL/dy (of a sum) would be copied by each
         wanted = grad_input is not None and ctx.needs_input_grad[0]
+        if wanted and ctx.needs_input_grad[1] and grads is not None:
+            return *grads(x, grad, weight, *ctx.shape), None, None, None
         grad_x = grad_input(x, grad, weight, *ctx.shape) if wanted else None
         grad_w = grad_weight(x, grad, weight, *ctx.shape) if ctx.needs_input_grad[1] else None
         return grad_x, grad_w, None, None, None
@@ -403,7 +445,7 @@ def backward_with(grad_input, grad_weight):
 
 
 piecewise.register_autograd(
-    backward_with(piecewise_grad_input, piecewise_grad_weight), setup_context=setup_context
+    backward_with(piecewise_grad_input, piecewise_grad_weight, piecewise_grads), setup_context=setup_context
 )
 
 character_lookup.register_autograd(
@@ -413,7 +455,10 @@ character_lookup.register_autograd(
 # What the layers call: these ops while torch.compile traces, else their bodies under a plain
 # autograd.Function (eager.py), without the dispatcher's cost per call.
 apply_piecewise = eager_or_op(
-    piecewise, _piecewise, setup_context, backward_with(_piecewise_grad_input, _piecewise_grad_weight)
+    piecewise,
+    _piecewise,
+    setup_context,
+    backward_with(_piecewise_grad_input, _piecewise_grad_weight, _piecewise_grads),
 )
 apply_character_lookup = eager_or_op(
     character_lookup, _character_lookup, setup_context, backward_with(None, _character_lookup_grad_weight)
