@@ -18,9 +18,10 @@ memory are scaled linearly to 1024, which is how that copy grows. Prints a table
 {"rows": [...]} to --out (default benchmarks/results/layers.json).
 
 --passes also times each pass alone, ours against nn.Linear(in*n, out): the forward pass (no autograd
-graph), dL/dx (the weights frozen) and dL/dW (the input needing no gradient), the backward passes timed
-without the forward pass that precedes them; a second table, and {"passes": [...]} in the JSON. It shows
-where the gap to a matmul lies.
+graph), dL/dx (the weights frozen), dL/dW (the input needing no gradient) and, where there is a dL/dx, the
+backward pass that computes both (a hidden layer's in training), the backward passes timed without the
+forward pass that precedes them; a second table, and {"passes": [...]} in the JSON. It shows where the gap
+to a matmul lies.
 
 --path forces the path of our hidden and real-valued input layers (HighOrderLinear.path: dense, reduced,
 kinks, kernel, triton, gather; see langinterp/layers/piecewise.py) instead of the one it would choose, to
@@ -175,12 +176,13 @@ def forward_of(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
 
 
 def backward_ms(module: nn.Module, x: torch.Tensor, wrt: str, repeats: int, warmup: int) -> float:
-    """Median time in ms of one backward pass that computes only dL/dx (wrt "input": the weights frozen) or
-    only dL/dW (wrt "weight": x needs no gradient); the forward pass before each is not timed."""
+    """Median time in ms of one backward pass that computes only dL/dx (wrt "input": the weights frozen),
+    only dL/dW (wrt "weight": x needs no gradient) or both (wrt "both"); the forward pass before each is not
+    timed."""
     weights = list(module.parameters())
-    leaf = x.detach().requires_grad_(wrt == "input")
+    leaf = x.detach().requires_grad_(wrt in ("input", "both"))
     for weight in weights:
-        weight.requires_grad_(wrt == "weight")
+        weight.requires_grad_(wrt in ("weight", "both"))
     times = []
     try:
         for i in range(warmup + repeats):
@@ -229,10 +231,10 @@ def measure_passes(case: tuple, threads: int, quick: bool, device: str = "cpu", 
     forward_ms = median_ms(forward, repeats, warmup)
     row["forward_ms"], row["linear_forward_ms"] = forward_ms["ours"], forward_ms["linear"]
     # Character codes are integers: the input layer over codes has no dL/dx.
-    row["grad_input_ms"] = None if name == "input codes" else backward_ms(ours, x, "input", repeats, warmup)
-    row["linear_grad_input_ms"] = backward_ms(linear, wide, "input", repeats, warmup)
-    row["grad_weight_ms"] = backward_ms(ours, x, "weight", repeats, warmup)
-    row["linear_grad_weight_ms"] = backward_ms(linear, wide, "weight", repeats, warmup)
+    for wrt, key in (("input", "grad_input"), ("weight", "grad_weight"), ("both", "grad_both")):
+        takes = name != "input codes" or wrt == "weight"
+        row[f"{key}_ms"] = backward_ms(ours, x, wrt, repeats, warmup) if takes else None
+        row[f"linear_{key}_ms"] = backward_ms(linear, wide, wrt, repeats, warmup)
     return row
 
 
@@ -332,12 +334,12 @@ def passes_table(rows: list[dict]) -> str:
         return f"{ours:.2f} ({theirs:.2f})", f"{ours / theirs:.2f}"
 
     def cells(r: dict) -> list[str]:
-        pairs = [pair(r, key) for key in ("forward", "grad_input", "grad_weight")]
+        pairs = [pair(r, key) for key in ("forward", "grad_input", "grad_weight", "grad_both")]
         return [times for times, _ in pairs] + [ratio for _, ratio in pairs]
 
     columns = (
-        "forward ms (Linear) | dL/dx ms (Linear) | dL/dW ms (Linear) | forward / Linear | dL/dx / Linear "
-        "| dL/dW / Linear"
+        "forward ms (Linear) | dL/dx ms (Linear) | dL/dW ms (Linear) | both ms (Linear) | forward / Linear "
+        "| dL/dx / Linear | dL/dW / Linear | both / Linear"
     )
     return case_table(columns, rows, cells)
 

@@ -135,6 +135,20 @@ def refusal(tmp_path: Path, script: str, *args: str) -> str:
     return done.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("name", ["hidden", "input codes"])
+def test_layers_benchmark_times_each_pass_and_both_gradients(name):
+    threads = torch.get_num_threads()
+    row = layers.measure_passes((name, 5, 4, 2, 8), threads=1, quick=True)
+    torch.set_num_threads(threads)
+    keys = ("forward", "grad_input", "grad_weight", "grad_both")
+    assert all(row[f"linear_{key}_ms"] > 0 for key in keys)
+    codes = name == "input codes"  # integer codes: no dL/dx, so no backward pass with both gradients
+    assert all((row[f"{key}_ms"] is None) == (codes and key in ("grad_input", "grad_both")) for key in keys)
+    shown = layers.passes_table([row])
+    assert "| both ms (Linear) |" in shown and "| both / Linear" in shown
+    assert f"| {row['grad_weight_ms'] / row['linear_grad_weight_ms']:.2f} |" in shown
+
+
 def test_layers_benchmark_refuses_a_forced_path_it_cannot_run(tmp_path):
     last = refusal(tmp_path, "layers.py", "--path", "triton")
     assert last == "layers.py: error: --path triton needs --device cuda and Triton"
@@ -157,16 +171,32 @@ def test_kernel_ab_compares_two_builds_pass_by_pass(dense):
     assert f"| 5 | 20 | 2 | {case[3]} | 1 |" in shown and f" {passes[-1]} ratio |" in shown
 
 
-class WithoutCodes:
-    """A build as one from before the passes over codes looked: the same entry points but those."""
+class Without:
+    """A build as one from before some entry points (those whose names start with ``prefix``) looked: the
+    same entry points but those."""
 
-    def __init__(self, library):
-        self.library = library
+    def __init__(self, library, prefix: str):
+        self.library, self.prefix = library, prefix
 
     def __getattr__(self, name):
-        if name.startswith("codes_"):
+        if name.startswith(self.prefix):
             raise AttributeError(name)
         return getattr(self.library, name)
+
+
+@needs_kernel
+def test_kernel_ab_compares_both_gradients_with_a_base_that_has_no_joint_pass():
+    work = kernel_ab.build(ROOT / kernel_ab.SOURCE)
+    threads = torch.get_num_threads()
+    case = (5, 37, 2, 128)  # n = 2: the working tree's grad_both takes dL/dx in dL/dW's pass
+    older_build = Without(work, "grad_both")
+    same = kernel_ab.measure(work, work, case, threads=1, turns=1, dense=False, rows=300)
+    older = kernel_ab.measure(older_build, work, case, threads=1, turns=1, dense=False, rows=300)
+    torch.set_num_threads(threads)
+    assert same["grad_both_difference"] == 0
+    # The base's dL/dx then dL/dW: dL/dW the same bits, dL/dx's sums reduced in another order.
+    assert 0 < older["grad_both_difference"] < 1e-5
+    assert older["grad_both_base_ms"] > 0 and older["grad_both_ratio"] > 0
 
 
 @needs_kernel
@@ -175,7 +205,7 @@ def test_kernel_ab_compares_the_layer_over_codes_with_either_kind_of_base():
     threads = torch.get_num_threads()
     case = (5, 20, 2, 128)
     same = kernel_ab.measure_codes(work, work, case, threads=1, turns=1, rows=300)
-    older = kernel_ab.measure_codes(WithoutCodes(work), work, case, threads=1, turns=1, rows=300)
+    older = kernel_ab.measure_codes(Without(work, "codes_"), work, case, threads=1, turns=1, rows=300)
     torch.set_num_threads(threads)
     assert (same["base_passes"], older["base_passes"]) == ("codes", "gather")
     for name in kernel_ab.CODES_PASSES:
