@@ -1239,9 +1239,10 @@ void grad_both_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, in
 // bucket holds a few samples, reading those rows from L2 is most of the time of each. One pass sorts once and
 // reads each row once for both: dL/dW's sums, rows and order are grad_weight's (the same bits), and each dx
 // is the bucketed grad_input's lane-wise sums, reduced a vector's worth of samples at a time (lane_sums), not
-// one by one. Against grad_input then grad_weight (`benchmarks/kernel_ab.py`, batch 1024, 1 and 2 threads):
-// with 128 segments 0.60-0.74 of the time (two runs; dL/dx bucketed either way), and where dL/dx would take
-// the tiled pass, 8 to 64 segments, 0.67-0.85 (one run). Other n run the two passes one after the other.
+// one by one. Against grad_input then grad_weight (`benchmarks/kernel_ab.py --base 6ab65b5`, batch 1024, 1
+// and 2 threads, two runs): with 128 segments 0.62-0.77 of the time, with 32 (where dL/dx alone takes the
+// tiled pass) 0.81-0.85; with 8, 16 and 64 segments 0.67-0.85 (one run). For n = 3 to 5 a joint pass over
+// the n - 1 difference rows measured 0.69-1.38 (README): other n run the two passes one after the other.
 template <typename T>
 void grad_both(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                int stride, int K) {

@@ -14,7 +14,7 @@ memory do not grow with the number of segments. Three ways, chosen per call:
   streams past (one store per segment, not per sample), and dL/dx takes its dot products against them in
   L1 (at n = 2 one dot product with the difference of the two rows). A backward pass that wants both
   gradients at n = 2 takes them in one pass over the buckets (``grad_both``), which sorts once and reads
-  each row of dL/dy once for both: 0.60-0.85 of the time of the two passes at batch 1024 (README).
+  each row of dL/dy once for both: 0.62-0.85 of the time of the two passes at batch 1024 (README).
 - tiled (forward and the other dL/dx, of batches of at least K rows): a slice of the table (a few inputs,
   one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied out (every
   block's slice of those inputs in one pass over their rows, in order) and, held in L1, the samples stream
