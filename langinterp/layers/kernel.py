@@ -182,9 +182,9 @@ def run_grad_both(
     step: int,
     library: ctypes.CDLL | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """dL/dx and dL/dW of one backward pass in one call (kernel.cpp's grad_both: where dL/dx is bucketed, one
-    pass over the buckets reads each row of dL/dy once for both). Contiguous tensors; ``library`` as in
-    _call."""
+    """dL/dx and dL/dW of one backward pass in one call (kernel.cpp's grad_both: at n = 2 one pass over the
+    buckets, reading each row of dL/dy once for both; other n the two passes). Contiguous tensors;
+    ``library`` as in _call."""
     grad_x = torch.empty_like(x)
     grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format)
     _call("grad_both", [x, weight, grad, grad_w, grad_x], x, weight, n, segments, step, library)
