@@ -395,6 +395,35 @@ struct Buckets {
     }
 };
 
+// Lane-wise sums of pairs of vectors, for lane_sums: each holds its samples' partial sums in blocks of P
+// lanes; the result holds x's and y's in blocks of P / 2, each the sum of a block's halves.
+template <typename T, int P>
+inline typename Vec<T, 64>::type pair_sums(typename Vec<T, 64>::type x, typename Vec<T, 64>::type y) {
+    constexpr int L = Vec<T, 64>::width, H = P / 2;
+    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+    typedef I M __attribute__((vector_size(64)));
+    M low, high;
+    for (int j = 0; j < L; ++j) {
+        const int b = j / P * P, w = j % P;
+        low[j] = w < H ? b + w : L + b + w - H;
+        high[j] = w < H ? b + w + H : L + b + w;
+    }
+    return __builtin_shuffle(x, y, low) + __builtin_shuffle(x, y, high);
+}
+
+// One vector whose lane u is the sum of the lanes of a[u], for a full vector's worth of vectors a
+// (overwritten): a transposing tree of shuffles and adds, about three operations per vector where a
+// horizontal sum of each costs ten. Pairing a[i] with a[i + half] leaves the sums in order.
+template <typename T>
+inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
+    constexpr int L = Vec<T, 64>::width;
+    if constexpr (L >= 16)
+        for (int i = 0; i < 8; ++i) a[i] = pair_sums<T, 16>(a[i], a[i + 8]);
+    for (int i = 0; i < 4; ++i) a[i] = pair_sums<T, 8>(a[i], a[i + 4]);
+    for (int i = 0; i < 2; ++i) a[i] = pair_sums<T, 4>(a[i], a[i + 2]);
+    return pair_sums<T, 2>(a[0], a[1]);
+}
+
 // dW[i, j * stride + k, block] = sum over bucket j's samples r of phi_k(r) dy[r, block], for every segment
 // j of input i. The n accumulator rows stay in registers while the bucket's dy rows stream past, so each
 // loaded vector of dy feeds n multiply-adds and each row of dW is written once per bucket, not per sample.
@@ -491,17 +520,32 @@ inline bool stream_rows(const void* dW, int64_t bytes, int O, int VL) {
     return O % VL == 0 && reinterpret_cast<uintptr_t>(dW) % 64 == 0 && bytes >= (int64_t(4) << 20);
 }
 
-// dL/dW. Threads own disjoint inputs, hence disjoint slices of dW: no atomics, and sums that do not depend
-// on the number of threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
 template <typename T>
-void grad_weight(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+void grad_both_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int s, int stride, T* dW_i, T* carry,
+                   bool stream, const T* W_i, typename Vec<T, 64>::type* dots, bool first) {
+    switch (b.nv) {
+        case 8: grad_weight_block<T, 2, 8, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        case 4: grad_weight_block<T, 2, 4, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        case 2: grad_weight_block<T, 2, 2, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        default: grad_weight_block<T, 2, 1, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first);
+    }
+}
+
+// dL/dW, and with Dots (n = 2, grad_both) dL/dx into dxT [I, rows] and then dx. Threads own disjoint inputs,
+// hence disjoint slices of dW (and rows of dxT): no atomics, and sums that do not depend on the number of
+// threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
+template <typename T, bool Dots = false>
+void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n,
+                       int s, int stride, int K) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
     const Basis<T> basis(n);
     const Aligned<T> scratch = aligned_scratch<T>(rows * I);
     T* xt = scratch.get();
     const int ld = padded_width<T>(O);
-    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
+    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
-    const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, Vec<T, 64>::width);
+    const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, VL);
     Padded<T> g(const_cast<T*>(dy), rows, O);
 #pragma omp parallel
     {
@@ -512,24 +556,47 @@ void grad_weight(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int
         transpose_shared<true>(x, xt, rows, I);
         Buckets<T> bk(rows, n, s, stride);
         const Aligned<T> carry = aligned_scratch<T>(ld);
+        const Aligned<T> dot_scratch = aligned_scratch<T>(Dots ? rows * VL : 0);
+        V* dots = reinterpret_cast<V*>(dot_scratch.get());
 #pragma omp for schedule(dynamic, 1)
         for (int i = 0; i < I; ++i) {
-            bk.fill(basis, xt + int64_t(i) * rows, false);
+            bk.fill(basis, xt + int64_t(i) * rows, Dots);
             T* dW_i = dW + int64_t(i) * K * O;
             for (int bi = 0; bi < count; ++bi) {
                 T* c = carry.get() + blocks[bi].c0;
-                switch (n) {
-                    case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                    case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                    case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                    case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                    case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                    default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
+                if constexpr (Dots)
+                    grad_both_any<T>(bk, g.rows, ld, O, blocks[bi], s, stride, dW_i, c, stream, W + int64_t(i) * K * O,
+                                     dots, bi == 0);
+                else
+                    switch (n) {
+                        case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                        case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                        case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                        case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                        case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                        default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
+                    }
+            }
+            if constexpr (Dots) {
+                // dx = dphi_1 <D, dy> (dphi_1 = -dphi_0, grad_input), a vector's worth of samples at a time.
+                const T* dphi = bk.dphi.get() + rows;
+                T* out = dxT + int64_t(i) * rows;
+                for (int64_t r = 0; r < rows; r += VL) {
+                    const int m = rows - r < VL ? int(rows - r) : VL;
+                    V a[VL];
+                    for (int u = 0; u < VL; ++u) a[u] = dots[r + (u < m ? u : 0)];
+                    write_part<false, T>(out + r, lane_sums<T>(a) * load_part<T>(dphi + r, m), m);
                 }
             }
         }
         if (stream) store_fence();  // non-temporal stores are weakly ordered: done before the caller reads dW
+        if constexpr (Dots) transpose_shared<false>(dxT, dx, rows, I);
     }
+}
+
+template <typename T>
+void grad_weight(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+    bucketed_backward<T>(x, nullptr, dy, dW, nullptr, nullptr, rows, I, O, n, s, stride, K);
 }
 
 // y[rows of the buckets, block] += sum_k phi_k W[i, j * stride + k, block] for every segment j of input i:
@@ -945,35 +1012,6 @@ void grad_input_bucket(const Buckets<T>& bk, int64_t p0, int64_t p1, const T* w,
     }
 }
 
-// Lane-wise sums of pairs of vectors, for lane_sums: each holds its samples' partial sums in blocks of P
-// lanes; the result holds x's and y's in blocks of P / 2, each the sum of a block's halves.
-template <typename T, int P>
-inline typename Vec<T, 64>::type pair_sums(typename Vec<T, 64>::type x, typename Vec<T, 64>::type y) {
-    constexpr int L = Vec<T, 64>::width, H = P / 2;
-    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-    typedef I M __attribute__((vector_size(64)));
-    M low, high;
-    for (int j = 0; j < L; ++j) {
-        const int b = j / P * P, w = j % P;
-        low[j] = w < H ? b + w : L + b + w - H;
-        high[j] = w < H ? b + w + H : L + b + w;
-    }
-    return __builtin_shuffle(x, y, low) + __builtin_shuffle(x, y, high);
-}
-
-// One vector whose lane u is the sum of the lanes of a[u], for a full vector's worth of vectors a
-// (overwritten): a transposing tree of shuffles and adds, about three operations per vector where a
-// horizontal sum of each costs ten. Pairing a[i] with a[i + half] leaves the sums in order.
-template <typename T>
-inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
-    constexpr int L = Vec<T, 64>::width;
-    if constexpr (L >= 16)
-        for (int i = 0; i < 8; ++i) a[i] = pair_sums<T, 16>(a[i], a[i + 8]);
-    for (int i = 0; i < 4; ++i) a[i] = pair_sums<T, 8>(a[i], a[i + 4]);
-    for (int i = 0; i < 2; ++i) a[i] = pair_sums<T, 4>(a[i], a[i + 2]);
-    return pair_sums<T, 2>(a[0], a[1]);
-}
-
 // One group of up to a vector's worth of samples' results d (lane u: sample r + u, of m) into dxT's row `out`:
 // `first` (the first block) writes, the others add.
 template <typename T>
@@ -1223,17 +1261,6 @@ void grad_input(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows
     }
 }
 
-template <typename T>
-void grad_both_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int s, int stride, T* dW_i, T* carry,
-                   bool stream, const T* W_i, typename Vec<T, 64>::type* dots, bool first) {
-    switch (b.nv) {
-        case 8: grad_weight_block<T, 2, 8, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
-        case 4: grad_weight_block<T, 2, 4, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
-        case 2: grad_weight_block<T, 2, 2, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
-        default: grad_weight_block<T, 2, 1, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first);
-    }
-}
-
 // Both gradients of a training step. At n = 2, dL/dx rides along with dL/dW's bucketed pass: the two passes
 // sort the same buckets and stream the same rows of dL/dy in the same order, and at batch sizes where a
 // bucket holds a few samples, reading those rows from L2 is most of the time of each. One pass sorts once and
@@ -1246,51 +1273,12 @@ void grad_both_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, in
 template <typename T>
 void grad_both(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                int stride, int K) {
-    if (n != 2) {
-        grad_input<T>(x, W, dy, dx, dxT, rows, I, O, n, s, stride, K);
-        grad_weight<T>(x, dy, dW, rows, I, O, n, s, stride, K);
+    if (n == 2) {
+        bucketed_backward<T, true>(x, W, dy, dW, dx, dxT, rows, I, O, n, s, stride, K);
         return;
     }
-    typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
-    const Basis<T> basis(n);
-    const Aligned<T> scratch = aligned_scratch<T>(rows * I);
-    T* xt = scratch.get();
-    const int ld = padded_width<T>(O);
-    std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
-    const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
-    const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, VL);
-    Padded<T> g(const_cast<T*>(dy), rows, O);
-#pragma omp parallel
-    {
-        if (g.copied()) {
-#pragma omp for schedule(static)
-            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
-        }
-        transpose_shared<true>(x, xt, rows, I);
-        Buckets<T> bk(rows, n, s, stride);
-        const Aligned<T> carry = aligned_scratch<T>(ld);
-        const Aligned<T> dot_scratch = aligned_scratch<T>(rows * VL);
-        V* dots = reinterpret_cast<V*>(dot_scratch.get());
-        const T* dphi = bk.dphi.get() + rows;  // dphi_1 = -dphi_0 (grad_input)
-#pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < I; ++i) {
-            bk.fill(basis, xt + int64_t(i) * rows, true);
-            const T* W_i = W + int64_t(i) * K * O;
-            for (int bi = 0; bi < count; ++bi)
-                grad_both_any<T>(bk, g.rows, ld, O, blocks[bi], s, stride, dW + int64_t(i) * K * O,
-                                 carry.get() + blocks[bi].c0, stream, W_i, dots, bi == 0);
-            T* out = dxT + int64_t(i) * rows;
-            for (int64_t r = 0; r < rows; r += VL) {
-                const int m = rows - r < VL ? int(rows - r) : VL;
-                V a[VL];
-                for (int u = 0; u < VL; ++u) a[u] = dots[r + (u < m ? u : 0)];
-                write_part<false, T>(out + r, lane_sums<T>(a) * load_part<T>(dphi + r, m), m);
-            }
-        }
-        if (stream) store_fence();
-        transpose_shared<false>(dxT, dx, rows, I);
-    }
+    grad_input<T>(x, W, dy, dx, dxT, rows, I, O, n, s, stride, K);
+    grad_weight<T>(x, dy, dW, rows, I, O, n, s, stride, K);
 }
 
 // The layer over character codes (character.py). Code c enters as x = (c + 0.5) / 64 - 1 (exact in every
