@@ -1,13 +1,13 @@
 // CPU kernels for piecewise-polynomial layers (kernel.py says why they exist and how they are loaded).
 //
-// A layer with I inputs, O outputs, n nodes per segment and s segments keeps its weights as a table
-// W[I*K, O] (row i*K + node). For every sample r and input i only n rows are active: those of the segment
-// that holds x[r, i]. Each entry point makes one pass over the active rows, so time and memory are those of
-// a dense Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table every 4096
-// rows or fewer, the forward pass once per thread, and only when each thread has at least K rows: no more
-// work than a Linear(I -> O) pass over them; the forward pass of the layer over character codes builds one
-// row per code and input for large batches, the same reading of the table). No torch headers: the file
-// compiles on first use (30-45 s at -O3 on the 2-core development machine) and is called through ctypes.
+// A layer with I inputs, O outputs, n nodes per segment and s segments keeps its weights as a table W[I*K, O] (row
+// i*K + node). For every sample r and input i only n rows are active: those of the segment that holds x[r, i].
+// Each pass goes once over the active rows (grad_both makes one or two), so time and memory are those of a dense
+// Linear(I*n -> O) whatever the number of segments (the tiled passes also copy the table every 4096 rows or fewer,
+// the forward pass once per thread, and only when each thread has at least K rows: no more work than a
+// Linear(I -> O) pass over them; the forward pass of the layer over character codes builds one row per code and
+// input for large batches, the same reading of the table). No torch headers: the file compiles on first use
+// (30-45 s at -O3 on the 2-core development machine) and is called through ctypes.
 #include <omp.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
