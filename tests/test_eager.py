@@ -1,5 +1,6 @@
 """Eager calls of the CPU kernel's custom ops (layers/eager.py): the same results as the ops to the bit, the
-ops themselves under torch.compile, and no trip through the dispatcher otherwise."""
+ops themselves under torch.compile, and no trip through the dispatcher otherwise; and the ops themselves
+through torch.library.opcheck."""
 
 import pytest
 import torch
@@ -134,3 +135,39 @@ def test_meta_and_fake_tensors_take_the_ops_fake_implementations():
     with FakeTensorMode() as mode:
         fake = mode.from_tensor(x)
         assert layer_kernel.apply_piecewise(fake, mode.from_tensor(weight), *sizes).shape == (300, 7)
+
+
+def opcheck_cases():
+    """Every custom op of the CPU kernel with arguments for torch.library.opcheck: n = 2 with 128 segments
+    (the joint backward pass), n = 3 with 4 (the two passes), codes, and the dense paths' basis ops."""
+    torch.manual_seed(0)
+    (x, weight), sizes = fused_case()
+    (x3, weight3), sizes3 = piecewise_case()
+    (codes, code_weight), code_sizes = codes_case()
+    (basis_x,), basis_sizes = basis_case(1)
+    grad, grad3, code_grad = (torch.randn(300, 7, dtype=torch.float64) for _ in range(3))
+    basis_grad = torch.randn(300, 5 * 8, dtype=torch.float64)  # K - drop columns per input
+    return {
+        "piecewise": (layer_kernel.piecewise, (leaf(x), leaf(weight), *sizes)),
+        "piecewise, n = 3": (layer_kernel.piecewise, (leaf(x3), leaf(weight3), *sizes3)),
+        "piecewise_grads": (layer_kernel.piecewise_grads, (x, grad, weight, *sizes)),
+        "piecewise_grads, n = 3": (layer_kernel.piecewise_grads, (x3, grad3, weight3, *sizes3)),
+        "piecewise_grad_input": (layer_kernel.piecewise_grad_input, (x, grad, weight, *sizes)),
+        "piecewise_grad_weight": (layer_kernel.piecewise_grad_weight, (x, grad, weight, *sizes)),
+        "character_lookup": (layer_kernel.character_lookup, (codes, leaf(code_weight), *code_sizes)),
+        "character_lookup_grad_weight": (
+            layer_kernel.character_lookup_grad_weight,
+            (codes, code_grad, code_weight, *code_sizes),
+        ),
+        "piecewise_basis": (layer_kernel.piecewise_basis, (leaf(basis_x), *basis_sizes)),
+        "piecewise_basis_grad": (layer_kernel.piecewise_basis_grad, (basis_x, basis_grad, *basis_sizes)),
+    }
+
+
+@pytest.mark.parametrize("case", list(opcheck_cases()))
+def test_custom_ops_pass_torch_opcheck(case):
+    # Schema, fake implementation against the real one, autograd registration, and the op traced by AOT
+    # dispatch with dynamic shapes (what torch.compile relies on).
+    op, arguments = opcheck_cases()[case]
+    results = torch.library.opcheck(op, arguments)
+    assert set(results.values()) == {"SUCCESS"}, results
