@@ -654,6 +654,30 @@ def test_the_three_forward_passes_add_the_same_products_in_the_same_order(kind, 
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("outputs", [16, 64, 128])
+@pytest.mark.parametrize(
+    ("kind", "n", "s"), [("continuous", 2, 32), ("discontinuous", 3, 16), ("discontinuous", 1, 40)]
+)
+def test_the_forward_pass_reading_the_table_in_place_adds_the_same_products(kind, n, s, outputs, dtype):
+    # 48 rows, at least K, with rows of whole aligned vectors up to one register block (8 vectors: 128 floats,
+    # 64 doubles) and K large against the rows (kernel.cpp, reads_in_place): the table is read in place, in
+    # groups of inputs (with the widest rows 37 inputs make several, the last one short). The same sums, bit
+    # for bit, as the bucketed pass (parts of 5 rows) and the direct one (single rows); 128 doubles are two
+    # blocks and take the tiled pass, also the same sums.
+    torch.manual_seed(0)
+    K, step = weights_per_link(kind, n, s), stride(kind, n)
+    x = torch.rand(48, 37, dtype=dtype) * 2.2 - 1.1
+    weight = torch.randn(37, K, outputs, dtype=dtype)
+    batch = layer_kernel.piecewise(x, weight, n, s, step)
+    for size in (5, 1):
+        in_parts = torch.cat([layer_kernel.piecewise(part, weight, n, s, step) for part in x.split(size)])
+        assert torch.equal(batch, in_parts)
+    expected = layer_kernel.piecewise_basis(x, K, n, s, step) @ weight.reshape(-1, outputs)
+    assert relative_error(batch, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 def test_tiled_passes_take_a_large_batch_in_chunks():
     # One thread's 4100 rows go through the tiled passes in two chunks of 2050: the forward pass still equals
     # the bucketed one bit for bit, dL/dx (n = 3) the gather path.

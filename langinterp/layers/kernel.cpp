@@ -816,6 +816,78 @@ void forward_tile_any(const Columns<T>& col, int count, int n, const T* slice, i
     }
 }
 
+// y[r, block] (+)= sum over the group's inputs e and nodes k of phi_k(r, e) W[row], each sample's block of y in
+// registers across the group, its n rows per input read in place from the table (rows of whole aligned
+// vectors, `first` offsets from the group's first row), the same products in the same order as the other
+// forward passes.
+template <typename T, int N, int NV>
+void forward_rows(const Columns<T>& col, int count, int n_rt, const T* Wg, int O, T* y, int ld, int c0, bool first) {
+    typedef typename Vec<T, 64>::type V;
+    constexpr int VL = Vec<T, 64>::width;
+    const int n = N > 0 ? N : n_rt;
+    const int64_t rows = col.rows;
+    for (int64_t r = 0; r < rows; ++r) {
+        V acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : reinterpret_cast<const V*>(y + r * ld + c0)[v];
+        for (int e = 0; e < count; ++e) {
+            const T* base = Wg + col.first[e * rows + r] + c0;
+            const T* coef = col.coef.get() + int64_t(e) * n * rows + r;
+            for (int k = 0; k < n; ++k) {
+                const T p = coef[k * rows];
+                for (int v = 0; v < NV; ++v) acc[v] += p * *reinterpret_cast<const V*>(base + int64_t(k) * O + v * VL);
+            }
+        }
+        for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(y + r * ld + c0)[v] = acc[v];
+    }
+}
+
+template <typename T, int N>
+void forward_rows_any(const Columns<T>& col, int count, int n, const T* Wg, int O, T* y, int ld, Block b, bool first) {
+    switch (b.nv) {
+        case 8: forward_rows<T, N, 8>(col, count, n, Wg, O, y, ld, b.c0, first); return;
+        case 4: forward_rows<T, N, 4>(col, count, n, Wg, O, y, ld, b.c0, first); return;
+        case 2: forward_rows<T, N, 2>(col, count, n, Wg, O, y, ld, b.c0, first); return;
+        default: forward_rows<T, N, 1>(col, count, n, Wg, O, y, ld, b.c0, first);
+    }
+}
+
+// The forward pass over rows r0 .. r1 into yr with the table's rows read in place (aligned_rows), a group of
+// inputs at a time whose rows fill about kRowGroupBytes of L2.
+constexpr int64_t kRowGroupBytes = 256 * 1024;
+
+// Whether a batch's forward pass reads the table in place instead of the tiled pass's slices: where each
+// thread's copy of the whole table is a large share of its work (K at least a sixteenth of its rows times n)
+// and an output row is one register block (up to 8 aligned vectors). Against the tiled pass
+// (`benchmarks/kernel_ab.py --case`, batch 1024, one run): 128 inputs and outputs with 128 segments 0.88 with
+// one thread and 0.74 with two, n = 3 with 64 segments 0.86 with two (0.99 with one, below the share), 64
+// with 128 segments 0.46 with two; where it does not apply it measured slower: 8 and 32 segments 1.23-1.54,
+// 256 and 512 outputs (two or more blocks, each reading the group's rows again) 0.89-1.38.
+template <typename T>
+inline bool reads_in_place(const T* W, int64_t rows, int team, int O, int n, int K) {
+    return aligned_rows(W, O) && O <= 8 * Vec<T, 64>::width && int64_t(K) * 16 * team >= rows * n;
+}
+
+template <typename T>
+void forward_in_place(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
+                      int I, int O, int ld, int n, int s, int stride, int K) {
+    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
+    const int count = plan_blocks<T>(ld, blocks.get(), 8);
+    const int64_t fit = kRowGroupBytes / (int64_t(K) * O * sizeof(T));
+    const int group = int(fit < 1 ? 1 : (fit < I ? fit : I));
+    Columns<T> col(r1 - r0, n, group);
+    for (int i0 = 0; i0 < I; i0 += group) {
+        const int m = I - i0 < group ? I - i0 : group;
+        col.fill(basis, xt, rows, r0, i0, m, s, stride, K, O, false);
+        const T* Wg = W + int64_t(i0) * K * O;
+        for (int bi = 0; bi < count; ++bi) switch (n) {
+                case 1: forward_rows_any<T, 1>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0); break;
+                case 2: forward_rows_any<T, 2>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0); break;
+                case 3: forward_rows_any<T, 3>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0); break;
+                default: forward_rows_any<T, 0>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0);
+            }
+    }
+}
+
 // The forward pass over rows r0 .. r1 into yr (their rows of the padded y), slice by slice.
 template <typename T>
 void forward_tiled(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
@@ -936,8 +1008,10 @@ void forward(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, in
     T* xt = scratch.get();
     const int ld = padded_width<T>(O);
     const bool tiled = use_tiles(rows, K);
+    const int team = tiled ? tiled_team(rows, K) : omp_get_max_threads();
+    const bool in_place = tiled && reads_in_place(W, rows, team, O, n, K);
     Padded<T> out(y, rows, O);
-#pragma omp parallel num_threads(tiled ? tiled_team(rows, K) : omp_get_max_threads())
+#pragma omp parallel num_threads(team)
     {
         const int threads = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
@@ -946,7 +1020,10 @@ void forward(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, in
             if (tiled)
                 for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
                     const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
-                    forward_tiled(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
+                    if (in_place)
+                        forward_in_place(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
+                    else
+                        forward_tiled(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
                 }
             else if (use_direct(rows, s))
                 forward_direct(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K);
