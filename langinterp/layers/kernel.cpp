@@ -858,10 +858,11 @@ constexpr int64_t kRowGroupBytes = 256 * 1024;
 // Whether a batch's forward pass reads the table in place instead of the tiled pass's slices: where each
 // thread's copy of the whole table is a large share of its work (K at least a sixteenth of its rows times n)
 // and an output row is one register block (up to 8 aligned vectors). Against the tiled pass
-// (`benchmarks/kernel_ab.py --case`, batch 1024, one run): 128 inputs and outputs with 128 segments 0.88 with
-// one thread and 0.74 with two, n = 3 with 64 segments 0.86 with two (0.99 with one, below the share), 64
-// with 128 segments 0.46 with two; where it does not apply it measured slower: 8 and 32 segments 1.23-1.54,
-// 256 and 512 outputs (two or more blocks, each reading the group's rows again) 0.89-1.38.
+// (`benchmarks/kernel_ab.py`, batch 1024): 128 inputs and outputs with 128 segments 0.93-0.94 of the time
+// with one thread and 0.76-0.79 with two (two runs), n = 3 with 64 segments 0.87 with two, 64 inputs and
+// outputs with 128 segments 0.74 with two and 1.06 with one (one run). Read in place everywhere, one run:
+// slower with 8 and 32 segments (1.23-1.54) and with 256 and 512 outputs (0.89-1.38: two or more blocks,
+// each reading the group's rows again).
 template <typename T>
 inline bool reads_in_place(const T* W, int64_t rows, int team, int O, int n, int K) {
     return aligned_rows(W, O) && O <= 8 * Vec<T, 64>::width && int64_t(K) * 16 * team >= rows * n;
