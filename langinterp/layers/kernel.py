@@ -4,7 +4,7 @@ Why a kernel: for many segments the weights a sample touches are scattered over 
 input, and no single PyTorch operation both gathers them and keeps the backward pass cheap (embedding_bag
 with per-sample weights is 10-20x slower backward than forward on CPU; a dense basis costs K/n times a
 Linear). The kernel visits only the n active rows per input, in forward and backward, so its work and
-memory do not grow with the number of segments. Three ways, chosen per call:
+memory do not grow with the number of segments. Four ways, chosen per call:
 
 - bucketed (every dL/dW; forward and dL/dx of small batches, but the forward pass of the smallest; dL/dx at
   n = 2 with more than 64 segments, or wanted with dL/dW):
@@ -21,6 +21,10 @@ memory do not grow with the number of segments. Three ways, chosen per call:
   past it in order, each picking its rows by segment, its block of y kept in registers
   across the slice's inputs. It needs no sort and touches each output row once per slice rather than once
   per input: 1.2-1.5x faster per pass at batch 1024.
+- in place (the forward pass of batches of at least K rows whose table rows are whole aligned vectors, at
+  most 8 of them, when K is large against each thread's rows): as tiled, but each sample reads its rows
+  straight from the table, a group of inputs whose rows fill about 256 KiB of L2 at a time, with no copy of
+  the table, whose cost grows with K (README).
 - direct (the forward pass of batches of at most a quarter of a row per segment, generation's batch of one):
   sample by sample, each reading its n rows per input straight from the table. There a row serves too few
   samples to repay the bucketed pass's sort, whose loops over the segments were most of its time: 0.38-0.70
