@@ -678,6 +678,26 @@ def test_the_forward_pass_reading_the_table_in_place_adds_the_same_products(kind
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_the_forward_pass_reading_the_table_in_place_takes_a_large_batch_in_chunks():
+    # One thread's 4100 rows, with 600 segments (K = 601 against 4100 rows: read in place), go in two chunks
+    # of 2050 rows: the same sums, bit for bit, as the two halves alone, and the dense basis's to rounding.
+    torch.manual_seed(0)
+    n, s, step = 2, 600, 1
+    x = torch.rand(4100, 3, dtype=torch.float64) * 2.2 - 1.1
+    weight = torch.randn(3, s + 1, 16, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        whole = layer_kernel.piecewise(x, weight, n, s, step)
+        halves = torch.cat([layer_kernel.piecewise(half, weight, n, s, step) for half in x.split(2050)])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(whole, halves)
+    expected = layer_kernel.piecewise_basis(x, s + 1, n, s, step) @ weight.reshape(-1, 16)
+    assert relative_error(whole, expected) <= 1e-12
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 def test_tiled_passes_take_a_large_batch_in_chunks():
     # One thread's 4100 rows go through the tiled passes in two chunks of 2050: the forward pass still equals
     # the bucketed one bit for bit, dL/dx (n = 3) the gather path.
