@@ -816,43 +816,8 @@ void forward_tile_any(const Columns<T>& col, int count, int n, const T* slice, i
     }
 }
 
-// y[r, block] (+)= sum over the group's inputs e and nodes k of phi_k(r, e) W[row], each sample's block of y in
-// registers across the group, its n rows per input read in place from the table (rows of whole aligned
-// vectors, `first` offsets from the group's first row), the same products in the same order as the other
-// forward passes.
-template <typename T, int N, int NV>
-void forward_rows(const Columns<T>& col, int count, int n_rt, const T* Wg, int O, T* y, int ld, int c0, bool first) {
-    typedef typename Vec<T, 64>::type V;
-    constexpr int VL = Vec<T, 64>::width;
-    const int n = N > 0 ? N : n_rt;
-    const int64_t rows = col.rows;
-    for (int64_t r = 0; r < rows; ++r) {
-        V acc[NV];
-        for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : reinterpret_cast<const V*>(y + r * ld + c0)[v];
-        for (int e = 0; e < count; ++e) {
-            const T* base = Wg + col.first[e * rows + r] + c0;
-            const T* coef = col.coef.get() + int64_t(e) * n * rows + r;
-            for (int k = 0; k < n; ++k) {
-                const T p = coef[k * rows];
-                for (int v = 0; v < NV; ++v) acc[v] += p * *reinterpret_cast<const V*>(base + int64_t(k) * O + v * VL);
-            }
-        }
-        for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(y + r * ld + c0)[v] = acc[v];
-    }
-}
-
-template <typename T, int N>
-void forward_rows_any(const Columns<T>& col, int count, int n, const T* Wg, int O, T* y, int ld, Block b, bool first) {
-    switch (b.nv) {
-        case 8: forward_rows<T, N, 8>(col, count, n, Wg, O, y, ld, b.c0, first); return;
-        case 4: forward_rows<T, N, 4>(col, count, n, Wg, O, y, ld, b.c0, first); return;
-        case 2: forward_rows<T, N, 2>(col, count, n, Wg, O, y, ld, b.c0, first); return;
-        default: forward_rows<T, N, 1>(col, count, n, Wg, O, y, ld, b.c0, first);
-    }
-}
-
-// The forward pass over rows r0 .. r1 into yr with the table's rows read in place (aligned_rows), a group of
-// inputs at a time whose rows fill about kRowGroupBytes of L2.
+// The forward pass that reads the table's rows in place (aligned_rows, forward_by_rows) takes a group of inputs
+// at a time whose rows fill about this much of L2.
 constexpr int64_t kRowGroupBytes = 256 * 1024;
 
 // Whether a batch's forward pass reads the table in place instead of the tiled pass's slices: where each
@@ -866,27 +831,6 @@ constexpr int64_t kRowGroupBytes = 256 * 1024;
 template <typename T>
 inline bool reads_in_place(const T* W, int64_t rows, int team, int O, int n, int K) {
     return aligned_rows(W, O) && O <= 8 * Vec<T, 64>::width && int64_t(K) * 16 * team >= rows * n;
-}
-
-template <typename T>
-void forward_in_place(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
-                      int I, int O, int ld, int n, int s, int stride, int K) {
-    std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
-    const int count = plan_blocks<T>(ld, blocks.get(), 8);
-    const int64_t fit = kRowGroupBytes / (int64_t(K) * O * sizeof(T));
-    const int group = int(fit < 1 ? 1 : (fit < I ? fit : I));
-    Columns<T> col(r1 - r0, n, group);
-    for (int i0 = 0; i0 < I; i0 += group) {
-        const int m = I - i0 < group ? I - i0 : group;
-        col.fill(basis, xt, rows, r0, i0, m, s, stride, K, O, false);
-        const T* Wg = W + int64_t(i0) * K * O;
-        for (int bi = 0; bi < count; ++bi) switch (n) {
-                case 1: forward_rows_any<T, 1>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0); break;
-                case 2: forward_rows_any<T, 2>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0); break;
-                case 3: forward_rows_any<T, 3>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0); break;
-                default: forward_rows_any<T, 0>(col, m, n, Wg, O, yr, ld, blocks[bi], i0 == 0);
-            }
-    }
 }
 
 // The forward pass over rows r0 .. r1 into yr (their rows of the padded y), slice by slice.
@@ -948,55 +892,76 @@ void forward_bucketed(const Basis<T>& basis, const T* xt, const T* W, T* yr, int
 // 0.57-0.81 with 128 segments but 1.02-1.21 with 32 and 1.16-1.81 with 8.
 inline bool use_direct(int64_t rows, int s) { return rows * 4 <= s; }
 
-// y[r, block] = sum over inputs i and nodes k of phi_k(r, i) W[i, j * stride + k, block], sample by sample, each
-// sample's block of y in registers and its n rows per input read straight from the table: the same
-// multiply-adds in the same order as the bucketed pass.
-template <typename T, int N, int NV>
-void forward_direct_block(const Columns<T>& col, const T* W, int I, int O, int K, int n_rt, T* y, int ld, int c0) {
+// y[r, block] (+)= sum over a group's inputs e and nodes k of phi_k(r, e) W[i0 + e, j * stride + k, block],
+// sample by sample, each sample's block of y in registers across the group and its n rows per input read
+// straight from the table (Wg: the group's first row): the same multiply-adds in the same order as the other
+// forward passes. Whole: the table's rows are whole aligned vectors, loaded as they are; else each vector is
+// loaded as a part (load_part), so that a row of O elements is read no further than its end.
+template <typename T, int N, int NV, bool Whole>
+void forward_rows(const Columns<T>& col, int count, int n_rt, const T* Wg, int K, int O, T* y, int ld, int c0,
+                  bool first) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
     const int n = N > 0 ? N : n_rt;
     const int64_t rows = col.rows;
     for (int64_t r = 0; r < rows; ++r) {
-        V acc[NV] = {};
-        for (int e = 0; e < I; ++e) {
-            const T* row = W + (int64_t(e) * K + col.first[e * rows + r]) * O + c0;
+        V acc[NV];
+        for (int v = 0; v < NV; ++v) acc[v] = first ? V{} : reinterpret_cast<const V*>(y + r * ld + c0)[v];
+        for (int e = 0; e < count; ++e) {
+            const T* row = Wg + (int64_t(e) * K + col.first[e * rows + r]) * O + c0;
             for (int k = 0; k < n; ++k) {
                 const T p = col.coef[(int64_t(e) * n + k) * rows + r];
-                for (int v = 0; v < NV; ++v) acc[v] += p * load_part<T>(row + int64_t(k) * O + v * VL, O - c0 - v * VL);
+                for (int v = 0; v < NV; ++v) {
+                    const T* at = row + int64_t(k) * O + v * VL;
+                    acc[v] += p * (Whole ? *reinterpret_cast<const V*>(at) : load_part<T>(at, O - c0 - v * VL));
+                }
             }
         }
         for (int v = 0; v < NV; ++v) reinterpret_cast<V*>(y + r * ld + c0)[v] = acc[v];
     }
 }
 
-template <typename T, int N>
-void forward_direct_any(const Columns<T>& col, const T* W, int I, int O, int K, int n, T* y, int ld, Block b) {
+template <typename T, int N, bool Whole>
+void forward_rows_any(const Columns<T>& col, int count, int n, const T* Wg, int K, int O, T* y, int ld, Block b,
+                      bool first) {
     switch (b.nv) {
-        case 8: forward_direct_block<T, N, 8>(col, W, I, O, K, n, y, ld, b.c0); return;
-        case 4: forward_direct_block<T, N, 4>(col, W, I, O, K, n, y, ld, b.c0); return;
-        case 2: forward_direct_block<T, N, 2>(col, W, I, O, K, n, y, ld, b.c0); return;
-        default: forward_direct_block<T, N, 1>(col, W, I, O, K, n, y, ld, b.c0);
+        case 8: forward_rows<T, N, 8, Whole>(col, count, n, Wg, K, O, y, ld, b.c0, first); return;
+        case 4: forward_rows<T, N, 4, Whole>(col, count, n, Wg, K, O, y, ld, b.c0, first); return;
+        case 2: forward_rows<T, N, 2, Whole>(col, count, n, Wg, K, O, y, ld, b.c0, first); return;
+        default: forward_rows<T, N, 1, Whole>(col, count, n, Wg, K, O, y, ld, b.c0, first);
     }
 }
 
-// The forward pass over rows r0 .. r1 into yr (their rows of the padded y), sample by sample.
-template <typename T>
-void forward_direct(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
-                    int I, int O, int ld, int n, int s, int stride, int K) {
+// The forward pass over rows r0 .. r1 into yr (their rows of the padded y), sample by sample, `group` inputs at
+// a time: all of them for the direct pass, a group whose rows fill about kRowGroupBytes for the pass that reads
+// the table in place (Whole).
+template <typename T, bool Whole>
+void forward_by_rows(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
+                     int I, int O, int ld, int n, int s, int stride, int K, int group) {
     std::unique_ptr<Block[]> blocks(new Block[ld / Vec<T, 64>::width]);
     const int count = plan_blocks<T>(ld, blocks.get(), 8);
-    Columns<T> col(r1 - r0, n, I);
-    // K = 0 and pitch 1: first holds each sample's first row within its input's K rows.
-    col.fill(basis, xt, rows, r0, 0, I, s, stride, 0, 1, false);
-    for (int bi = 0; bi < count; ++bi) switch (n) {
-            case 1: forward_direct_any<T, 1>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
-            case 2: forward_direct_any<T, 2>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
-            case 3: forward_direct_any<T, 3>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
-            case 4: forward_direct_any<T, 4>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
-            case 5: forward_direct_any<T, 5>(col, W, I, O, K, n, yr, ld, blocks[bi]); break;
-            default: forward_direct_any<T, 0>(col, W, I, O, K, n, yr, ld, blocks[bi]);
-        }
+    Columns<T> col(r1 - r0, n, group);
+    for (int i0 = 0; i0 < I; i0 += group) {
+        const int m = I - i0 < group ? I - i0 : group;
+        // K = 0 and pitch 1: first holds each sample's first row within its input's K rows.
+        col.fill(basis, xt, rows, r0, i0, m, s, stride, 0, 1, false);
+        const T* Wg = W + int64_t(i0) * K * O;
+        for (int bi = 0; bi < count; ++bi) switch (n) {
+                case 1: forward_rows_any<T, 1, Whole>(col, m, n, Wg, K, O, yr, ld, blocks[bi], i0 == 0); break;
+                case 2: forward_rows_any<T, 2, Whole>(col, m, n, Wg, K, O, yr, ld, blocks[bi], i0 == 0); break;
+                case 3: forward_rows_any<T, 3, Whole>(col, m, n, Wg, K, O, yr, ld, blocks[bi], i0 == 0); break;
+                case 4: forward_rows_any<T, 4, Whole>(col, m, n, Wg, K, O, yr, ld, blocks[bi], i0 == 0); break;
+                case 5: forward_rows_any<T, 5, Whole>(col, m, n, Wg, K, O, yr, ld, blocks[bi], i0 == 0); break;
+                default: forward_rows_any<T, 0, Whole>(col, m, n, Wg, K, O, yr, ld, blocks[bi], i0 == 0);
+            }
+    }
+}
+
+// Inputs per group of the pass that reads the table in place: as many as kRowGroupBytes holds, at least one.
+template <typename T>
+inline int row_group(int I, int O, int K) {
+    const int64_t fit = kRowGroupBytes / (int64_t(K) * O * sizeof(T));
+    return int(fit < 1 ? 1 : (fit < I ? fit : I));
 }
 
 // Each thread takes a contiguous range of rows and goes through the inputs in order, so every y[r] is summed
@@ -1022,12 +987,14 @@ void forward(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, in
                 for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
                     const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
                     if (in_place)
-                        forward_in_place(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
+                        forward_by_rows<T, true>(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s,
+                                                 stride, K, row_group<T>(I, O, K));
                     else
                         forward_tiled(basis, xt, W, out.rows + c * ld, rows, c, c1, I, O, ld, n, s, stride, K);
                 }
             else if (use_direct(rows, s))
-                forward_direct(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K);
+                forward_by_rows<T, false>(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K,
+                                          I);
             else
                 forward_bucketed(basis, xt, W, out.rows + r0 * ld, rows, r0, r1, I, O, ld, n, s, stride, K);
             if (out.copied()) unpad_rows(out.rows, y, r0, r1, O, ld);
