@@ -493,14 +493,15 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
     }
 }
 
-template <typename T, int N>
+template <typename T, int N, bool Dots = false>
 void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n, int s, int stride,
-                     T* dW_i, T* carry, bool stream) {
+                     T* dW_i, T* carry, bool stream, const T* W_i = nullptr,
+                     typename Vec<T, 64>::type* dots = nullptr, bool first = true) {
     switch (b.nv) {
-        case 8: grad_weight_block<T, N, 8>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); return;
-        case 4: grad_weight_block<T, N, 4>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); return;
-        case 2: grad_weight_block<T, N, 2>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); return;
-        default: grad_weight_block<T, N, 1>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream);
+        case 8: grad_weight_block<T, N, 8, Dots>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        case 4: grad_weight_block<T, N, 4, Dots>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        case 2: grad_weight_block<T, N, 2, Dots>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream, W_i, dots, first); return;
+        default: grad_weight_block<T, N, 1, Dots>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream, W_i, dots, first);
     }
 }
 
@@ -518,17 +519,6 @@ inline int max_vectors(int n) { return n <= 3 ? 8 : (n <= 5 ? 4 : (n <= 14 ? 2 :
 // (one run), within the noise, so smaller tables keep the caches.
 inline bool stream_rows(const void* dW, int64_t bytes, int O, int VL) {
     return O % VL == 0 && reinterpret_cast<uintptr_t>(dW) % 64 == 0 && bytes >= (int64_t(4) << 20);
-}
-
-template <typename T>
-void grad_both_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int s, int stride, T* dW_i, T* carry,
-                   bool stream, const T* W_i, typename Vec<T, 64>::type* dots, bool first) {
-    switch (b.nv) {
-        case 8: grad_weight_block<T, 2, 8, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
-        case 4: grad_weight_block<T, 2, 4, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
-        case 2: grad_weight_block<T, 2, 2, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first); return;
-        default: grad_weight_block<T, 2, 1, true>(bk, dy, ld, O, b, 2, s, stride, dW_i, carry, stream, W_i, dots, first);
-    }
 }
 
 // dL/dW, and with Dots (n = 2, grad_both) dL/dx into dxT [I, rows] and then dx. Threads own disjoint inputs,
@@ -565,8 +555,8 @@ void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT
             for (int bi = 0; bi < count; ++bi) {
                 T* c = carry.get() + blocks[bi].c0;
                 if constexpr (Dots)
-                    grad_both_any<T>(bk, g.rows, ld, O, blocks[bi], s, stride, dW_i, c, stream, W + int64_t(i) * K * O,
-                                     dots, bi == 0);
+                    grad_weight_any<T, 2, true>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream,
+                                                W + int64_t(i) * K * O, dots, bi == 0);
                 else
                     switch (n) {
                         case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
