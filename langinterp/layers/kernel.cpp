@@ -204,18 +204,19 @@ void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
 }
 
 // Between a batch's [rows, I] layout (x, dx) and the input-major [I, rows] one that the passes work in (xt,
-// dxT), rows r0 .. r1, a cache line of them at a time: row by row, the I accesses to the input-major side
+// dxT), rows r0 .. r1 of inputs i0 .. i1 (all of them by default), a cache line of rows at a time: row by row, the I accesses to the input-major side
 // are `rows` apart, a multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict
 // each other (by `perf`, about a tenth of dL/dx with 128 inputs). The passes were handed x.t().contiguous()
 // before; transposing x here instead, by `benchmarks/kernel_ab.py` (two runs, the benchmark's cases, the
 // torch transpose timed with the base's passes): 0.85-0.95 of their time with 128 segments, 0.88-0.94 in the
 // input layer over reals, 0.77-0.91 with 2 threads and 0.97-1.02 with 1 in the 250-wide layer with 32.
 template <bool ToInputMajor, typename T>
-void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1) {
+void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1, int i0 = 0, int i1 = -1) {
     constexpr int64_t R = 64 / sizeof(T);
+    if (i1 < 0) i1 = I;
     for (int64_t b0 = r0; b0 < r1; b0 += R) {
         const int64_t b1 = r1 - b0 < R ? r1 : b0 + R;
-        for (int i = 0; i < I; ++i)
+        for (int i = i0; i < i1; ++i)
             for (int64_t r = b0; r < b1; ++r) {
                 if constexpr (ToInputMajor)
                     to[int64_t(i) * rows + r] = from[r * I + i];
@@ -521,9 +522,23 @@ inline bool stream_rows(const void* dW, int64_t bytes, int O, int VL) {
     return O % VL == 0 && reinterpret_cast<uintptr_t>(dW) % 64 == 0 && bytes >= (int64_t(4) << 20);
 }
 
-// dL/dW, and with Dots (n = 2, grad_both) dL/dx into dxT [I, rows] and then dx. Threads own disjoint inputs,
-// hence disjoint slices of dW (and rows of dxT): no atomics, and sums that do not depend on the number of
-// threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
+// Inputs per task of the bucketed backward pass: a cache line's worth (16 floats), so that the thread taking them
+// transposes their columns of x in, and of dL/dx out, itself, each line whole and while it is in cache; fewer when
+// there are too few inputs to give every thread one. The passes had transposed all of x first and all of dL/dx last,
+// each thread a share of the rows, between barriers: in a training step the dL/dx side, reading dxT a line per input
+// and row block after the whole pass, took about a twentieth of the 128-segment layer's step (by `perf`). Against
+// that, by `benchmarks/kernel_ab.py` (two runs): grad_both with 128 segments 0.94-0.97 of its time, dL/dW with 128
+// segments 0.85-1.03, the 250-wide cases' dL/dW 1.00-1.04 and grad_both 0.94-1.05 (n = 5, whose grad_both is dL/dx's
+// tiled pass then this one, 1.03-1.05), the input layer's shape 0.98-1.01.
+template <typename T>
+inline int input_band(int I, int threads) {
+    const int line = 64 / sizeof(T), share = I / (threads > 0 ? threads : 1);
+    return share < 1 ? 1 : (share < line ? share : line);
+}
+
+// dL/dW, and with Dots (n = 2, grad_both) dL/dx into dxT [I, rows] and then dx. Threads own disjoint bands of inputs
+// (input_band), hence disjoint slices of dW (and rows of dxT, columns of dx): no atomics, and sums that do not depend
+// on the number of threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
 template <typename T, bool Dots = false>
 void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n,
                        int s, int stride, int K) {
@@ -543,44 +558,48 @@ void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
         }
-        transpose_shared<true>(x, xt, rows, I);
         Buckets<T> bk(rows, n, s, stride);
         const Aligned<T> carry = aligned_scratch<T>(ld);
         const Aligned<T> dot_scratch = aligned_scratch<T>(Dots ? rows * VL : 0);
         V* dots = reinterpret_cast<V*>(dot_scratch.get());
+        const int band = input_band<T>(I, omp_get_num_threads());
 #pragma omp for schedule(dynamic, 1)
-        for (int i = 0; i < I; ++i) {
-            bk.fill(basis, xt + int64_t(i) * rows, Dots);
-            T* dW_i = dW + int64_t(i) * K * O;
-            for (int bi = 0; bi < count; ++bi) {
-                T* c = carry.get() + blocks[bi].c0;
-                if constexpr (Dots)
-                    grad_weight_any<T, 2, true>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream,
-                                                W + int64_t(i) * K * O, dots, bi == 0);
-                else
-                    switch (n) {
-                        case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                        case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                        case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                        case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                        case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                        default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
+        for (int i0 = 0; i0 < I; i0 += band) {
+            const int i1 = I - i0 < band ? I : i0 + band;
+            transpose_rows<true>(x, xt, rows, I, 0, rows, i0, i1);
+            for (int i = i0; i < i1; ++i) {
+                bk.fill(basis, xt + int64_t(i) * rows, Dots);
+                T* dW_i = dW + int64_t(i) * K * O;
+                for (int bi = 0; bi < count; ++bi) {
+                    T* c = carry.get() + blocks[bi].c0;
+                    if constexpr (Dots)
+                        grad_weight_any<T, 2, true>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream,
+                                                    W + int64_t(i) * K * O, dots, bi == 0);
+                    else
+                        switch (n) {
+                            case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                            case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                            case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                            case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                            case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
+                            default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
+                        }
+                }
+                if constexpr (Dots) {
+                    // dx = dphi_1 <D, dy> (dphi_1 = -dphi_0, grad_input), a vector's worth of samples at a time.
+                    const T* dphi = bk.dphi.get() + rows;
+                    T* out = dxT + int64_t(i) * rows;
+                    for (int64_t r = 0; r < rows; r += VL) {
+                        const int m = rows - r < VL ? int(rows - r) : VL;
+                        V a[VL];
+                        for (int u = 0; u < VL; ++u) a[u] = dots[r + (u < m ? u : 0)];
+                        write_part<false, T>(out + r, lane_sums<T>(a) * load_part<T>(dphi + r, m), m);
                     }
-            }
-            if constexpr (Dots) {
-                // dx = dphi_1 <D, dy> (dphi_1 = -dphi_0, grad_input), a vector's worth of samples at a time.
-                const T* dphi = bk.dphi.get() + rows;
-                T* out = dxT + int64_t(i) * rows;
-                for (int64_t r = 0; r < rows; r += VL) {
-                    const int m = rows - r < VL ? int(rows - r) : VL;
-                    V a[VL];
-                    for (int u = 0; u < VL; ++u) a[u] = dots[r + (u < m ? u : 0)];
-                    write_part<false, T>(out + r, lane_sums<T>(a) * load_part<T>(dphi + r, m), m);
                 }
             }
+            if constexpr (Dots) transpose_rows<false>(dxT, dx, rows, I, 0, rows, i0, i1);
         }
         if (stream) store_fence();  // non-temporal stores are weakly ordered: done before the caller reads dW
-        if constexpr (Dots) transpose_shared<false>(dxT, dx, rows, I);
     }
 }
 
