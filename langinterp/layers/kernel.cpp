@@ -203,17 +203,16 @@ void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
         for (int c = 0; c < O; ++c) dst[r * O + c] = src[r * ld + c];
 }
 
-// Between a batch's [rows, I] layout (x, dx) and the input-major [I, rows] one that the passes work in (xt,
-// dxT), rows r0 .. r1 of inputs i0 .. i1 (all of them by default), a cache line of rows at a time: row by row, the I accesses to the input-major side
-// are `rows` apart, a multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict
+// Between a batch's [rows, I] layout (x, dx) and the input-major [I, rows] one that the passes work in (xt, dxT),
+// rows r0 .. r1 of inputs i0 .. i1, a cache line of rows at a time: row by row, the I accesses to the input-major
+// side are `rows` apart, a multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict
 // each other (by `perf`, about a tenth of dL/dx with 128 inputs). The passes were handed x.t().contiguous()
-// before; transposing x here instead, by `benchmarks/kernel_ab.py` (two runs, the benchmark's cases, the
-// torch transpose timed with the base's passes): 0.85-0.95 of their time with 128 segments, 0.88-0.94 in the
-// input layer over reals, 0.77-0.91 with 2 threads and 0.97-1.02 with 1 in the 250-wide layer with 32.
+// before; transposing x here instead, by `benchmarks/kernel_ab.py` (two runs, the benchmark's cases, the torch
+// transpose timed with the base's passes): 0.85-0.95 of their time with 128 segments, 0.88-0.94 in the input layer
+// over reals, 0.77-0.91 with 2 threads and 0.97-1.02 with 1 in the 250-wide layer with 32.
 template <bool ToInputMajor, typename T>
-void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1, int i0 = 0, int i1 = -1) {
+void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1, int i0, int i1) {
     constexpr int64_t R = 64 / sizeof(T);
-    if (i1 < 0) i1 = I;
     for (int64_t b0 = r0; b0 < r1; b0 += R) {
         const int64_t b1 = r1 - b0 < R ? r1 : b0 + R;
         for (int i = i0; i < i1; ++i)
@@ -233,7 +232,7 @@ void transpose_shared(const T* from, T* to, int64_t rows, int I) {
     constexpr int64_t R = 64 / sizeof(T);
 #pragma omp for schedule(static)
     for (int64_t r0 = 0; r0 < rows; r0 += R)
-        transpose_rows<ToInputMajor>(from, to, rows, I, r0, rows - r0 < R ? rows : r0 + R);
+        transpose_rows<ToInputMajor>(from, to, rows, I, r0, rows - r0 < R ? rows : r0 + R, 0, I);
 }
 
 // The first `valid` lanes at p (all of them when valid >= the width), zero elsewhere; reads nothing past
@@ -991,7 +990,7 @@ void forward(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, in
         const int threads = omp_get_num_threads(), id = omp_get_thread_num();
         const int64_t r0 = rows * id / threads, r1 = rows * (id + 1) / threads;
         if (r1 > r0) {
-            transpose_rows<true>(x, xt, rows, I, r0, r1);  // the thread's own rows: no waiting for the others
+            transpose_rows<true>(x, xt, rows, I, r0, r1, 0, I);  // the thread's own rows: no waiting for the others
             if (tiled)
                 for (int64_t q = 0, chunks = chunk_count(r0, r1); q < chunks; ++q) {
                     const int64_t c = chunk_start(r0, r1, q, chunks), c1 = chunk_start(r0, r1, q + 1, chunks);
