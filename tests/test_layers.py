@@ -423,6 +423,38 @@ def test_kernel_results_do_not_depend_on_thread_count(n, s):
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+# (2, 128): the forward pass reading the table in place, both gradients in one bucketed pass; (2, 16): the
+# tiled passes; (3, 8): dL/dx and dL/dW one after the other
+@pytest.mark.parametrize(("n", "s"), [(2, 128), (2, 16), (3, 8)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_passes_in_float32_agree_with_float64(n, s, threads):
+    # In float32 with AVX-512 the kernel transposes x and dL/dx 16 x 16 floats at a time in registers, the
+    # rest (and float64) element by element: 40 inputs and 300 rows leave whole tiles and parts in both
+    # directions, and two threads start their rows mid-tile.
+    torch.manual_seed(0)
+    K, rows, inputs, outputs = weights_per_link("continuous", n, s), 300, 40, 128
+    x = torch.rand(rows, inputs, dtype=torch.float64) * 2.2 - 1.1
+    weight = torch.randn(inputs, K, outputs, dtype=torch.float64)
+    grad = torch.randn(rows, outputs, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = [
+            [
+                layer_kernel.run_pass("forward", *args[:2], None, n, s, n - 1),
+                layer_kernel.run_pass("grad_input", *args, n, s, n - 1),
+                layer_kernel.run_pass("grad_weight", *args, n, s, n - 1),
+                *layer_kernel.run_grad_both(*args, n, s, n - 1),
+            ]
+            for args in ((x.float(), weight.float(), grad.float()), (x, weight, grad))
+        ]
+    finally:
+        torch.set_num_threads(previous)
+    for single, double in zip(*results, strict=True):
+        assert relative_error(single.double(), double) <= 1e-5
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize("outputs", [5, 32, 37])
 def test_kernel_takes_an_empty_batch(outputs):
     layer = make("continuous", 2, 16, inputs=6, outputs=outputs, path="kernel", dtype=torch.float32)

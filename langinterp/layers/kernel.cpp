@@ -210,12 +210,69 @@ void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
 // before; transposing x here instead, by `benchmarks/kernel_ab.py` (two runs, the benchmark's cases, the torch
 // transpose timed with the base's passes): 0.85-0.95 of their time with 128 segments, 0.88-0.94 in the input layer
 // over reals, 0.77-0.91 with 2 threads and 0.97-1.02 with 1 in the 250-wide layer with 32.
+// In float32 with AVX-512, each whole 16 x 16 tile goes through registers (transpose_tile), where element by
+// element GCC moved two floats per iteration, each load `I` or `rows` elements from the last (by `perf`, about a
+// fifteenth of the 128-segment layer's training step). Against that, by `benchmarks/kernel_ab.py` (two runs, the
+// same bits): with 128 segments the forward pass 0.97-0.98 of its time, dL/dW 0.96-0.99, dL/dx 0.93-0.98 and both
+// gradients 0.91-0.95; in the 250-wide layers 0.97-1.02, 0.95-1.01, 0.90-0.98 and 0.94-1.02; the input layer over
+// reals (16 inputs: one tile) 0.95-1.01.
+#ifdef __AVX512F__
+// Lane indices of transpose_tile's rounds: round q swaps blocks of h = 8 >> q lanes between two rows; `lo`
+// takes each pair of blocks' first halves, `hi` their second halves (indices 16 and up: the second row).
+struct TransposeLanes {
+    alignas(64) int lo[4][16];
+    alignas(64) int hi[4][16];
+    constexpr TransposeLanes() : lo(), hi() {
+        for (int q = 0; q < 4; ++q)
+            for (int j = 0, h = 8 >> q; j < 16; ++j) {
+                const int block = j & ~(2 * h - 1), o = j & (2 * h - 1);
+                lo[q][j] = o < h ? block + o : 16 + block + o - h;
+                hi[q][j] = o < h ? block + h + o : 16 + block + o;
+            }
+    }
+};
+constexpr TransposeLanes kTransposeLanes{};
+
+// dst row v = column v of the 16 x 16 floats whose row u is src + u * src_stride, in registers: four rounds of
+// two-source permutes, each pairing rows u and u + h.
+inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+    __m512 a[16];
+#pragma GCC unroll 16
+    for (int u = 0; u < 16; ++u) a[u] = _mm512_loadu_ps(src + u * src_stride);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+        const int h = 8 >> q;
+        const __m512i lo = _mm512_load_si512(kTransposeLanes.lo[q]), hi = _mm512_load_si512(kTransposeLanes.hi[q]);
+#pragma GCC unroll 16
+        for (int u = 0; u < 16; ++u)
+            if (!(u & h)) {
+                const __m512 x = a[u], y = a[u + h];
+                a[u] = _mm512_permutex2var_ps(x, lo, y);
+                a[u + h] = _mm512_permutex2var_ps(x, hi, y);
+            }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < 16; ++v) _mm512_storeu_ps(dst + v * dst_stride, a[v]);
+}
+#endif
+
 template <bool ToInputMajor, typename T>
 void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1, int i0, int i1) {
     constexpr int64_t R = 64 / sizeof(T);
     for (int64_t b0 = r0; b0 < r1; b0 += R) {
         const int64_t b1 = r1 - b0 < R ? r1 : b0 + R;
-        for (int i = i0; i < i1; ++i)
+        int i = i0;
+#ifdef __AVX512F__
+        if constexpr (sizeof(T) == 4)
+            if (b1 - b0 == R)
+                for (; i + R <= i1; i += R) {
+                    if constexpr (ToInputMajor)
+                        transpose_tile(from + b0 * I + i, I, to + int64_t(i) * rows + b0, rows);
+                    else
+                        transpose_tile(from + int64_t(i) * rows + b0, rows, to + b0 * I + i, I);
+                }
+#endif
+        for (; i < i1; ++i)
             for (int64_t r = b0; r < b1; ++r) {
                 if constexpr (ToInputMajor)
                     to[int64_t(i) * rows + r] = from[r * I + i];
