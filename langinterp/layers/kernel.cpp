@@ -481,6 +481,23 @@ inline typename Vec<T, 64>::type lane_sums(typename Vec<T, 64>::type* a) {
     return pair_sums<T, 2>(a[0], a[1]);
 }
 
+// Asks for `rows` rows of `count` elements from p on (rows O apart), lines that the caller is about to
+// overwrite, so that its stores do not each wait for their line. dL/dW is new memory every call: where its
+// table is not written past the caches (stream_rows), its rows' lines come in from L3 or memory before being
+// written. Fetched two buckets ahead, by `benchmarks/kernel_ab.py` against 9dc4da1 (one run, the same bits):
+// dL/dW of the 250-wide layer with 32 segments (7.9 MiB) 0.89-0.94 of its time, both gradients 0.96; the
+// others 0.90-1.03 (the benchmark's calls likely find their smaller tables in cache). In the layer, whose dL/dW
+// is new memory, by `benchmarks/layers.py --segments 128 --passes` (three runs each, alternating): the input
+// layer over reals' dL/dW (2 MiB) 0.43-0.45 ms with one thread against 0.50-0.57, 0.26-0.27 ms with two
+// against 0.30-0.37.
+template <typename T>
+inline void prefetch_for_write(const T* p, int rows, int O, int count) {
+    for (int k = 0; k < rows; ++k) {
+        const char* row = reinterpret_cast<const char*>(p + int64_t(k) * O);
+        for (int64_t l = 0; l <= int64_t(count) * int64_t(sizeof(T)); l += 64) __builtin_prefetch(row + l, 1, 3);
+    }
+}
+
 // dW[i, j * stride + k, block] = sum over bucket j's samples r of phi_k(r) dy[r, block], for every segment
 // j of input i. The n accumulator rows stay in registers while the bucket's dy rows stream past, so each
 // loaded vector of dy feeds n multiply-adds and each row of dW is written once per bucket, not per sample.
@@ -506,6 +523,8 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
     V* held = reinterpret_cast<V*>(carry);
     for (int j = 0; j < s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
+        if (!stream && j + 2 < s)
+            prefetch_for_write(dW_i + int64_t(j + 2) * stride * O + b.c0, n - shared, O, NV * VL);
         V acc[NA][NV];
         for (int k = 0; k < n; ++k)
             for (int v = 0; v < NV; ++v) acc[k][v] = V{};
