@@ -203,6 +203,51 @@ void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
         for (int c = 0; c < O; ++c) dst[r * O + c] = src[r * ld + c];
 }
 
+// The two shuffles of one step of a transposing tree over vectors that hold blocks of P lanes: `first` takes,
+// block by block, the first halves of x's and y's blocks, `second` their second halves. Summed, they are
+// pair_sums (lane_sums); kept apart, log2(width) steps over a width's worth of vectors transpose them
+// (transpose_tile).
+template <typename T, int P>
+inline void block_halves(typename Vec<T, 64>::type x, typename Vec<T, 64>::type y, typename Vec<T, 64>::type& first,
+                         typename Vec<T, 64>::type& second) {
+    constexpr int L = Vec<T, 64>::width, H = P / 2;
+    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+    typedef I M __attribute__((vector_size(64)));
+    M low, high;
+    for (int j = 0; j < L; ++j) {
+        const int b = j / P * P, w = j % P;
+        low[j] = w < H ? b + w : L + b + w - H;
+        high[j] = w < H ? b + w + H : L + b + w;
+    }
+    first = __builtin_shuffle(x, y, low);
+    second = __builtin_shuffle(x, y, high);
+}
+
+#ifdef __AVX512F__
+// One step of transpose_tile: rows u and u + P / 2 exchange blocks of P / 2 lanes.
+template <int P>
+inline void transpose_step(typename Vec<float, 64>::type* a) {
+#pragma GCC unroll 16
+    for (int u = 0; u < 16; ++u)
+        if (!(u & P / 2)) block_halves<float, P>(a[u], a[u + P / 2], a[u], a[u + P / 2]);
+}
+
+// dst row v = column v of the 16 x 16 floats whose row u is src + u * src_stride, in registers: four steps of
+// two-source shuffles (block_halves).
+inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
+    typedef typename Vec<float, 64>::type V;
+    V a[16];
+#pragma GCC unroll 16
+    for (int u = 0; u < 16; ++u) a[u] = (V)_mm512_loadu_ps(src + u * src_stride);
+    transpose_step<16>(a);
+    transpose_step<8>(a);
+    transpose_step<4>(a);
+    transpose_step<2>(a);
+#pragma GCC unroll 16
+    for (int v = 0; v < 16; ++v) _mm512_storeu_ps(dst + v * dst_stride, (__m512)a[v]);
+}
+#endif
+
 // Between a batch's [rows, I] layout (x, dx) and the input-major [I, rows] one that the passes work in (xt, dxT),
 // rows r0 .. r1 of inputs i0 .. i1, a cache line of rows at a time: row by row, the I accesses to the input-major
 // side are `rows` apart, a multiple of 4 KiB at the usual batch sizes, so they all fall in one set of L1 and evict
@@ -216,46 +261,6 @@ void unpad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
 // same bits): with 128 segments the forward pass 0.97-0.98 of its time, dL/dW 0.96-0.99, dL/dx 0.93-0.98 and both
 // gradients 0.91-0.95; in the 250-wide layers 0.97-1.02, 0.95-1.01, 0.90-0.98 and 0.94-1.02; the input layer over
 // reals (16 inputs: one tile) 0.95-1.01.
-#ifdef __AVX512F__
-// Lane indices of transpose_tile's rounds: round q swaps blocks of h = 8 >> q lanes between two rows; `lo`
-// takes each pair of blocks' first halves, `hi` their second halves (indices 16 and up: the second row).
-struct TransposeLanes {
-    alignas(64) int lo[4][16];
-    alignas(64) int hi[4][16];
-    constexpr TransposeLanes() : lo(), hi() {
-        for (int q = 0; q < 4; ++q)
-            for (int j = 0, h = 8 >> q; j < 16; ++j) {
-                const int block = j & ~(2 * h - 1), o = j & (2 * h - 1);
-                lo[q][j] = o < h ? block + o : 16 + block + o - h;
-                hi[q][j] = o < h ? block + h + o : 16 + block + o;
-            }
-    }
-};
-constexpr TransposeLanes kTransposeLanes{};
-
-// dst row v = column v of the 16 x 16 floats whose row u is src + u * src_stride, in registers: four rounds of
-// two-source permutes, each pairing rows u and u + h.
-inline void transpose_tile(const float* src, int64_t src_stride, float* dst, int64_t dst_stride) {
-    __m512 a[16];
-#pragma GCC unroll 16
-    for (int u = 0; u < 16; ++u) a[u] = _mm512_loadu_ps(src + u * src_stride);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-        const int h = 8 >> q;
-        const __m512i lo = _mm512_load_si512(kTransposeLanes.lo[q]), hi = _mm512_load_si512(kTransposeLanes.hi[q]);
-#pragma GCC unroll 16
-        for (int u = 0; u < 16; ++u)
-            if (!(u & h)) {
-                const __m512 x = a[u], y = a[u + h];
-                a[u] = _mm512_permutex2var_ps(x, lo, y);
-                a[u + h] = _mm512_permutex2var_ps(x, hi, y);
-            }
-    }
-#pragma GCC unroll 16
-    for (int v = 0; v < 16; ++v) _mm512_storeu_ps(dst + v * dst_stride, a[v]);
-}
-#endif
-
 template <bool ToInputMajor, typename T>
 void transpose_rows(const T* from, T* to, int64_t rows, int I, int64_t r0, int64_t r1, int i0, int i1) {
     constexpr int64_t R = 64 / sizeof(T);
@@ -456,16 +461,9 @@ struct Buckets {
 // lanes; the result holds x's and y's in blocks of P / 2, each the sum of a block's halves.
 template <typename T, int P>
 inline typename Vec<T, 64>::type pair_sums(typename Vec<T, 64>::type x, typename Vec<T, 64>::type y) {
-    constexpr int L = Vec<T, 64>::width, H = P / 2;
-    typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
-    typedef I M __attribute__((vector_size(64)));
-    M low, high;
-    for (int j = 0; j < L; ++j) {
-        const int b = j / P * P, w = j % P;
-        low[j] = w < H ? b + w : L + b + w - H;
-        high[j] = w < H ? b + w + H : L + b + w;
-    }
-    return __builtin_shuffle(x, y, low) + __builtin_shuffle(x, y, high);
+    typename Vec<T, 64>::type first, second;
+    block_halves<T, P>(x, y, first, second);
+    return first + second;
 }
 
 // One vector whose lane u is the sum of the lanes of a[u], for a full vector's worth of vectors a
