@@ -33,6 +33,7 @@ from layers import (
 )
 from torch import nn
 
+from langinterp.heap import keep_freed_memory
 from langinterp.layers.eager import through_custom_ops
 
 
@@ -94,6 +95,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns; well under a minute on 2 cores")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the layers run")

@@ -37,6 +37,7 @@ import torch
 from layers import BATCH, CASES, median_ratio, save, turns_ms
 
 from langinterp import native
+from langinterp.heap import keep_freed_memory
 from langinterp.layers import kernel, weights_per_link
 from langinterp.layers.piecewise import dense_pays
 
@@ -262,6 +263,7 @@ def table(rows: list[dict], passes: tuple[str, ...]) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="HEAD", help="the git revision to compare the working tree with")
     parser.add_argument("--turns", type=int, default=41, help="timed calls of each build per pass")

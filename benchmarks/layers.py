@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from langinterp.heap import keep_freed_memory
 from langinterp.layers import (
     CharacterInput,
     HighOrderLinear,
@@ -373,6 +374,7 @@ def chosen_cases(segments: list[int] | None, path: str) -> list[tuple]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; under a minute on 2 cores")
     parser.add_argument(

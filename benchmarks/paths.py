@@ -28,6 +28,7 @@ import torch
 from layers import BATCH, forward_of, pass_of, save, turns_ms
 from torch import nn
 
+from langinterp.heap import keep_freed_memory
 from langinterp.layers import HighOrderLinear, kernel
 
 WIDTH = 250
@@ -121,6 +122,7 @@ def parse_case(text: str) -> tuple[str, int, int]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer turns; about a minute on 2 cores")
     parser.add_argument("--width", type=int, default=WIDTH, help="the layers' inputs and outputs")

@@ -58,6 +58,7 @@ from rich.table import Table
 from langinterp.data import build_splits
 from langinterp.evaluation import evaluate_model
 from langinterp.gbm_training import train_gbm
+from langinterp.heap import keep_freed_memory
 from langinterp.inference import load_for_inference
 from langinterp.recipe import Recipe, load_recipe
 from langinterp.runs import RunDir, timestamped_name
@@ -300,6 +301,7 @@ def parse_books(text: str) -> list[int | str]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=120.0, help="training seconds per recipe")
     parser.add_argument("--books", type=parse_books, default=[84], help="ids or paths, comma-separated")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from langinterp.heap import keep_freed_memory
 from langinterp.models import build_model
 from langinterp.recipe import load_recipe
 
@@ -126,6 +127,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file for the rows")

@@ -34,6 +34,7 @@ from layers import median_ms, median_ratio, save, turns_ms
 from lion_pytorch import Lion
 from torch import nn
 
+from langinterp.heap import keep_freed_memory
 from langinterp.layers import HighOrderLinear, codes_to_unit
 from langinterp.models import build_model
 from langinterp.recipe import load_recipe
@@ -154,6 +155,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="fewer repeats, smaller high-order-layers-torch batch"

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from langinterp.heap import keep_freed_memory
 from langinterp.layers import triton_ops, weights_per_link
 
 CASES = [(16, 250, 2, 128), (250, 250, 3, 8), (250, 250, 2, 32), (128, 128, 2, 128), (250, 250, 5, 8)]
@@ -133,6 +134,7 @@ def tables(forward: list[dict], grad_weight: list[dict]) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # as the CLI does: langinterp/heap.py
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1024, 16384], help="rows per launch")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/triton_kernels.json"))

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from langinterp import __version__, notices
+from langinterp import __version__, heap, notices
 
 app = typer.Typer(
     name="langinterp",
@@ -59,3 +59,4 @@ def _root(
     """Character-level language models built from high-order layers: fetch books, train, sample, compare."""
     State.debug = debug
     notices.compiling = _say_compiling
+    heap.keep_freed_memory()  # before any command allocates: langinterp/heap.py says why
