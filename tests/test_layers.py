@@ -687,6 +687,24 @@ def test_the_three_forward_passes_add_the_same_products_in_the_same_order(kind, 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "s"), [(2, 100), (3, 150), (2, 600)])
+def test_forward_slices_larger_than_l1_add_the_same_products(n, s, dtype):
+    # K = 101, 301 and 601 against K + 20 rows: the tiled forward pass, its slices of two inputs' rows of 4
+    # vectors past L1 (kernel.cpp, forward_budget; 601 at its cap, fewer vectors), 83 outputs in blocks of
+    # two widths (and of three in float64), 5 inputs in two whole slices and a short one. The same sums, bit
+    # for bit, as the direct pass row by row, and the dense basis's to rounding.
+    torch.manual_seed(0)
+    K, step = weights_per_link("continuous", n, s), stride("continuous", n)
+    x = torch.rand(K + 20, 5, dtype=dtype) * 2.2 - 1.1
+    weight = torch.randn(5, K, 83, dtype=dtype)
+    batch = layer_kernel.piecewise(x, weight, n, s, step)
+    assert torch.equal(batch, torch.cat([layer_kernel.piecewise(row, weight, n, s, step) for row in x.split(1)]))
+    expected = layer_kernel.piecewise_basis(x, K, n, s, step) @ weight.reshape(-1, 83)
+    assert relative_error(batch, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("outputs", [16, 64, 128])
 @pytest.mark.parametrize(
     ("kind", "n", "s"), [("continuous", 2, 32), ("discontinuous", 3, 16), ("discontinuous", 1, 40)]

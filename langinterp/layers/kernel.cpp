@@ -915,12 +915,22 @@ inline bool reads_in_place(const T* W, int64_t rows, int team, int O, int n, int
     return aligned_rows(W, O) && O <= 8 * Vec<T, 64>::width && int64_t(K) * 16 * team >= rows * n;
 }
 
+// The forward pass's slices: within L1's 36 KiB where two inputs' rows of 4 vectors fit there, else two inputs'
+// rows of 4 vectors (from K = 73 on), read from L2, up to 512 KiB (K = 1024): where L1 held only 1 or 2 vectors
+// per row, each sample's basis values and row offsets were loaded for every 1 or 2 vectors of multiply-adds. By
+// `benchmarks/kernel_ab.py` (the same bits): the input layer over reals (K = 129) 0.86-0.96 of its time (two
+// runs), 64 inputs with 256 segments 0.62-0.75, 16 inputs with 512 segments at batch 2048 0.60-0.69 (one run).
+inline int64_t forward_budget(int K) {
+    const int64_t four_vectors = int64_t(2) * K * 4 * 64;
+    return four_vectors < 36 * 1024 ? 36 * 1024 : (four_vectors < 512 * 1024 ? four_vectors : 512 * 1024);
+}
+
 // The forward pass over rows r0 .. r1 into yr (their rows of the padded y), slice by slice.
 template <typename T>
 void forward_tiled(const Basis<T>& basis, const T* xt, const T* W, T* yr, int64_t rows, int64_t r0, int64_t r1,
                    int I, int O, int ld, int n, int s, int stride, int K) {
     constexpr int VL = Vec<T, 64>::width;
-    const Tiling tiling = plan_tiling<T>(K, ld, n <= 2 ? 4 : 8);
+    const Tiling tiling = plan_tiling<T>(K, ld, n <= 2 ? 4 : 8, forward_budget(K));
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), tiling.nv);
     const int pitch = tiling.nv * VL;
