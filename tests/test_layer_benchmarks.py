@@ -1,6 +1,6 @@
-"""benchmarks/paths.py, benchmarks/kernel_ab.py, benchmarks/dispatch.py and benchmarks/layers.py's forced
-paths: their rows on tiny layers (nothing timed is checked, only what the rows say), their refusals, and
-layers.py's profiling."""
+"""benchmarks/paths.py, benchmarks/kernel_ab.py, benchmarks/dispatch.py, benchmarks/threads.py and
+benchmarks/layers.py's forced paths: their rows on tiny layers (nothing timed is checked, only what the rows
+say), their refusals, and layers.py's profiling."""
 
 import argparse
 import importlib.util
@@ -38,6 +38,7 @@ paths = load("paths")
 layers = load("layers")
 kernel_ab = load("kernel_ab")
 dispatch = load("dispatch")
+threads = load("threads")
 
 
 @needs_kernel
@@ -307,3 +308,23 @@ def test_dispatch_row_times_both_routes_against_the_linear(case, path):
     assert row["threads"] == 1 and row["path"] == path
     assert all(row[key] > 0 for key in ("eager_ms", "ops_ms", "linear_in_n_ms", "eager_over_ops"))
     assert f"| {path} |" in dispatch.table([row])
+
+
+def test_threads_timeline_has_a_row_per_second_and_restores_the_thread_count():
+    before = torch.get_num_threads()
+    rows = threads.timeline(2)
+    assert torch.get_num_threads() == before
+    assert [row["second"] for row in rows] == [0, 1]
+    assert all(row["threads"] == before for row in rows)
+    assert all(row[key] > 0 for row in rows for key in ("ours_1_ms", "ours_all_ms", "linear_all_ms"))
+
+
+def test_threads_benchmark_refuses_less_than_a_second(tmp_path):
+    script = str(ROOT / "benchmarks" / "threads.py")
+    done = subprocess.run(
+        [sys.executable, script, "--seconds", "0", "--out", str(tmp_path / "t")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "--seconds must be at least 1" in done.stderr

@@ -698,7 +698,8 @@ def test_forward_slices_larger_than_l1_add_the_same_products(n, s, dtype):
     x = torch.rand(K + 20, 5, dtype=dtype) * 2.2 - 1.1
     weight = torch.randn(5, K, 83, dtype=dtype)
     batch = layer_kernel.piecewise(x, weight, n, s, step)
-    assert torch.equal(batch, torch.cat([layer_kernel.piecewise(row, weight, n, s, step) for row in x.split(1)]))
+    row_by_row = torch.cat([layer_kernel.piecewise(row, weight, n, s, step) for row in x.split(1)])
+    assert torch.equal(batch, row_by_row)
     expected = layer_kernel.piecewise_basis(x, K, n, s, step) @ weight.reshape(-1, 83)
     assert relative_error(batch, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
 
