@@ -919,7 +919,8 @@ inline bool reads_in_place(const T* W, int64_t rows, int team, int O, int n, int
 // rows of 4 vectors (from K = 73 on), read from L2, up to 512 KiB (K = 1024): where L1 held only 1 or 2 vectors
 // per row, each sample's basis values and row offsets were loaded for every 1 or 2 vectors of multiply-adds. By
 // `benchmarks/kernel_ab.py` (the same bits): the input layer over reals (K = 129) 0.86-0.96 of its time (two
-// runs), 64 inputs with 256 segments 0.62-0.75, 16 inputs with 512 segments at batch 2048 0.60-0.69 (one run).
+// runs; in the layer's own forward pass, by `benchmarks/layers.py`, no change showed through the host's noise),
+// 64 inputs with 256 segments 0.62-0.75, 16 inputs with 512 segments at batch 2048 0.60-0.69 (one run).
 inline int64_t forward_budget(int K) {
     const int64_t four_vectors = int64_t(2) * K * 4 * 64;
     return four_vectors < 36 * 1024 ? 36 * 1024 : (four_vectors < 512 * 1024 ? four_vectors : 512 * 1024);
