@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from layers import markdown, save
 from torch import nn
 
 SETTINGS = ("default", "kept")
@@ -83,35 +84,26 @@ def run_processes(processes: int, turns: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| setting | process | case | threads | ours ms | Linear(in*n) ms | ours / Linear(in*n) "
-        "| page faults per turn |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['setting']} | {r['process']} | {r['case']} | {r['threads']} | {r['ours_ms']:.2f} | "
-            f"{r['linear_ms']:.2f} | {r['ratio']:.2f} | {r['faults_per_turn']:.0f} |"
-        )
-    return "\n".join(lines)
+    header = ["setting", "process", "case", "threads", "ours ms", "Linear(in*n) ms", "ours / Linear(in*n)"]
+
+    def row(r: dict) -> list:
+        times = [f"{r['ours_ms']:.2f}", f"{r['linear_ms']:.2f}", f"{r['ratio']:.2f}"]
+        return [r["setting"], r["process"], r["case"], r["threads"], *times, f"{r['faults_per_turn']:.0f}"]
+
+    return markdown([*header, "page faults per turn"], [row(r) for r in rows])
 
 
 def summary(rows: list[dict]) -> str:
     """Per setting, case and thread count: the range of the ratio and of the faults over the processes."""
-    lines = [
-        "| setting | case | threads | ours / Linear(in*n) | page faults per turn |",
-        "|---|---|---|---|---|",
-    ]
     keys = dict.fromkeys((r["setting"], r["case"], r["threads"]) for r in rows)
+    lines = []
     for setting, case, threads in sorted(keys, key=lambda k: SETTINGS.index(k[0])):
         group = [r for r in rows if (r["setting"], r["case"], r["threads"]) == (setting, case, threads)]
         ratios = [r["ratio"] for r in group]
         faults = [r["faults_per_turn"] for r in group]
-        lines.append(
-            f"| {setting} | {case} | {threads} | {min(ratios):.2f}-{max(ratios):.2f} | "
-            f"{min(faults):.0f}-{max(faults):.0f} |"
-        )
-    return "\n".join(lines)
+        spans = [f"{min(ratios):.2f}-{max(ratios):.2f}", f"{min(faults):.0f}-{max(faults):.0f}"]
+        lines.append([setting, case, threads, *spans])
+    return markdown(["setting", "case", "threads", "ours / Linear(in*n)", "page faults per turn"], lines)
 
 
 def main() -> None:
@@ -132,8 +124,6 @@ def main() -> None:
     print(table(rows))
     print()
     print(summary(rows))
-    from layers import save
-
     save(args.out, {"rows": rows})
 
 

@@ -293,16 +293,23 @@ def measure(case: tuple, threads: int, quick: bool, device: str = "cpu", path: s
     return row
 
 
+def markdown(header: list[str], rows: list[list]) -> str:
+    """A markdown table: the header's cells, then one line of cells per row (the benchmarks' tables)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def case_table(columns: str, rows: list[dict], cells: Callable[[dict], list[str]]) -> str:
     """A markdown table of cases: each row's case, sizes and threads (or GPU), then its ``cells``, under the
     case columns and ``columns`` ("a | b | ...")."""
-    header = f"| case | in | out | n | segments | threads | {columns} |"
-    lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for r in rows:
+    header = ["case", "in", "out", "n", "segments", "threads", *columns.split(" | ")]
+
+    def row(r: dict) -> list:
         threads = r["threads"] if r["device"] == "cpu" else "GPU"
-        case = [r["case"], r["in"], r["out"], r["n"], r["segments"], threads]
-        lines.append("| " + " | ".join(str(cell) for cell in [*case, *cells(r)]) + " |")
-    return "\n".join(lines)
+        return [r["case"], r["in"], r["out"], r["n"], r["segments"], threads, *cells(r)]
+
+    return markdown(header, [row(r) for r in rows])
 
 
 def table(rows: list[dict]) -> str:

@@ -25,7 +25,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from layers import BATCH, forward_of, pass_of, save, turns_ms
+from layers import BATCH, forward_of, markdown, pass_of, save, turns_ms
 from torch import nn
 
 from langinterp.heap import keep_freed_memory
@@ -93,21 +93,15 @@ def measure(
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| kind | n | segments | K | K/n | threads | Linear(in*n) ms | dense / Linear | reduced / Linear "
-        "| kinks / Linear | kernel / Linear | faster | auto |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        ratios = " | ".join(
-            "-" if r[f"{path}_ratio"] is None else f"{r[f'{path}_ratio']:.2f}" for path in PATHS
-        )
-        lines.append(
-            f"| {r['kind']} | {r['n']} | {r['segments']} | {r['K']} | {r['K'] / r['n']:.2f} | {r['threads']} "
-            f"| {r['linear_ms']:.2f} | {ratios} "
-            f"| {r['faster']} | {r['auto']} |"
-        )
-    return "\n".join(lines)
+    header = ["kind", "n", "segments", "K", "K/n", "threads", "Linear(in*n) ms"]
+    header += [f"{path} / Linear" for path in PATHS] + ["faster", "auto"]
+
+    def row(r: dict) -> list:
+        ratios = ["-" if r[f"{path}_ratio"] is None else f"{r[f'{path}_ratio']:.2f}" for path in PATHS]
+        sizes = [r["kind"], r["n"], r["segments"], r["K"], f"{r['K'] / r['n']:.2f}", r["threads"]]
+        return [*sizes, f"{r['linear_ms']:.2f}", *ratios, r["faster"], r["auto"]]
+
+    return markdown(header, [row(r) for r in rows])
 
 
 def parse_case(text: str) -> tuple[str, int, int]:

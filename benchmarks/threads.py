@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from layers import BATCH, layer_and_input, save
+from layers import BATCH, layer_and_input, markdown, save
 from torch import nn
 
 from langinterp.heap import keep_freed_memory
@@ -72,15 +72,11 @@ def timeline(seconds: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [
-        "| second | ours, 1 thread ms | ours, all threads ms | Linear(in*n), all threads ms |",
-        "|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['second']} | {r['ours_1_ms']:.2f} | {r['ours_all_ms']:.2f} | {r['linear_all_ms']:.2f} |"
-        )
-    return "\n".join(lines)
+    keys = ("ours_1_ms", "ours_all_ms", "linear_all_ms")
+    return markdown(
+        ["second", "ours, 1 thread ms", "ours, all threads ms", "Linear(in*n), all threads ms"],
+        [[r["second"], *(f"{r[key]:.2f}" for key in keys)] for r in rows],
+    )
 
 
 def main() -> None:

@@ -320,11 +320,10 @@ def test_threads_timeline_has_a_row_per_second_and_restores_the_thread_count():
 
 
 def test_threads_benchmark_refuses_less_than_a_second(tmp_path):
-    script = str(ROOT / "benchmarks" / "threads.py")
-    done = subprocess.run(
-        [sys.executable, script, "--seconds", "0", "--out", str(tmp_path / "t")],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode != 0
-    assert "--seconds must be at least 1" in done.stderr
+    last = refusal(tmp_path, "threads.py", "--seconds", "0")
+    assert last == "threads.py: error: --seconds must be at least 1"
+
+
+def test_heap_benchmark_refuses_fewer_than_one_process(tmp_path):
+    last = refusal(tmp_path, "heap.py", "--processes", "0")
+    assert last == "heap.py: error: --processes and --turns must be at least 1"
