@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from layers import BATCH, layer_and_input, markdown, save
+from layers import BATCH, forward_of, layer_and_input, markdown, save
 from torch import nn
 
 from langinterp.heap import keep_freed_memory
@@ -29,12 +29,13 @@ CASE = ("input codes", 16, 250, 2, 128)
 def forward_pass(module: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], float]:
     """One forward pass (no autograd graph) with ``threads`` threads, returning its time in ms."""
 
+    forward = forward_of(module, x)
+
     def step() -> float:
         torch.set_num_threads(threads)
-        with torch.no_grad():
-            start = time.perf_counter()
-            module(x)
-            return (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        forward()
+        return (time.perf_counter() - start) * 1e3
 
     return step
 
