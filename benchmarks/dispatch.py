@@ -6,11 +6,14 @@ For every case of benchmarks/layers.py at batch 1024 (on the CPU with one thread
 once on the GPU), it times a forward+backward pass of our layer as it runs (its kernel passes through a
 plain autograd.Function, layers/eager.py), the same pass with every call routed through the custom ops
 instead (``eager.through_custom_ops``: the dispatcher, the ops' autograd wrapper and their gradient ops, as
-torch.compile sees them), and nn.Linear(in*n, out). The three take turns in one process; each ratio is the
-median of the turn-by-turn ratios. Layers whose path runs no custom op (the kink basis) time the same
-code twice, which shows the noise. Prints a table; writes JSON {"rows": [{"case", "in", "out", "n",
-"segments", "threads", "device", "path", "eager_ms", "ops_ms", "linear_in_n_ms", "eager_over_ops",
-"eager_over_linear", "ops_over_linear"}]} to --out (default benchmarks/results/dispatch.json).
+torch.compile sees them), and nn.Linear(in*n, out). Where the layer runs the CPU kernel (the kernel path,
+or the passes over codes) it also times the kernel's passes that step makes, called directly: no module,
+no autograd, no copy of dL/dy, the floor under the eager route. They all take turns in one process; each
+ratio is the median of the turn-by-turn ratios. Layers whose path runs no custom op (the kink basis) time
+the same code twice, which shows the noise. Prints a table; writes JSON {"rows": [{"case", "in", "out",
+"n", "segments", "threads", "device", "path", "eager_ms", "ops_ms", "linear_in_n_ms", "kernel_ms",
+"eager_over_ops", "eager_over_linear", "ops_over_linear", "kernel_over_linear", "eager_over_kernel"}]}
+(the kernel's entries null where it does not run) to --out (default benchmarks/results/dispatch.json).
 """
 
 import argparse
@@ -34,6 +37,8 @@ from layers import (
 from torch import nn
 
 from langinterp.heap import keep_freed_memory
+from langinterp.layers import kernel
+from langinterp.layers.basis import stride
 from langinterp.layers.eager import through_custom_ops
 
 
@@ -41,6 +46,35 @@ def routed_through_ops(step: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         with through_custom_ops():
             step()
+
+    return run
+
+
+def kernel_passes(layer: nn.Module, x: torch.Tensor, path: str) -> Callable[[], None] | None:
+    """The CPU kernel's passes of one training step of ``layer`` on x, called directly: the forward pass
+    and the backward passes the layer's step takes (both gradients when x needs one, else dL/dW), on a
+    contiguous dL/dy of ones (the step's, from a sum); None where the layer does not run the CPU kernel."""
+    if path not in ("kernel", "codes"):
+        return None
+    weight = layer.weight.detach()
+    n, segments, step = layer.n, layer.segments, stride(layer.kind, layer.n)
+    grad = torch.ones(x.shape[0], layer.out_features)
+    if path == "codes":
+        codes = x.to(torch.uint8)
+
+        def run_codes() -> None:
+            kernel.run_codes_pass("codes_forward", codes, weight, None, n, segments, step)
+            kernel.run_codes_pass("codes_grad_weight", codes, weight, grad, n, segments, step)
+
+        return run_codes
+    flat = x.detach()
+
+    def run() -> None:
+        kernel.run_pass("forward", flat, weight, None, n, segments, step)
+        if x.requires_grad:
+            kernel.run_grad_both(flat, weight, grad, n, segments, step)
+        else:
+            kernel.run_pass("grad_weight", flat, weight, grad, n, segments, step)
 
     return run
 
@@ -59,19 +93,28 @@ def measure(case: tuple, threads: int, quick: bool, device: str) -> dict:
         "ops": routed_through_ops(eager),
         "linear_in_n": pass_of(nn.Linear(inputs * n, outputs, bias=False).to(device), wide),
     }
+    path = path_taken(layer, x)
+    alone = kernel_passes(layer, x, path)
+    if alone is not None:
+        steps["kernel"] = alone
     if device == "cuda":
         steps = {key: synchronized(step) for key, step in steps.items()}
     repeats, warmup = (7, 2) if quick else (41, 3)
     turns = turns_ms(steps, repeats, warmup)
     row = {
         "case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads,
-        "device": device, "path": path_taken(layer, x),
+        "device": device, "path": path,
     }  # fmt: skip
     for key, milliseconds in turns.items():
         row[f"{key}_ms"] = statistics.median(milliseconds)
     row["eager_over_ops"] = median_ratio(turns["eager"], turns["ops"])
     row["eager_over_linear"] = median_ratio(turns["eager"], turns["linear_in_n"])
     row["ops_over_linear"] = median_ratio(turns["ops"], turns["linear_in_n"])
+    row["kernel_ms"] = row["kernel_over_linear"] = row["eager_over_kernel"] = None
+    if alone is not None:
+        row["kernel_ms"] = statistics.median(turns["kernel"])
+        row["kernel_over_linear"] = median_ratio(turns["kernel"], turns["linear_in_n"])
+        row["eager_over_kernel"] = median_ratio(turns["eager"], turns["kernel"])
     return row
 
 
@@ -85,11 +128,14 @@ def table(rows: list[dict]) -> str:
             f"{r['eager_over_ops']:.3f}",
             f"{r['eager_over_linear']:.2f}",
             f"{r['ops_over_linear']:.2f}",
+            "-" if r["kernel_ms"] is None else f"{r['kernel_ms']:.2f}",
+            "-" if r["kernel_over_linear"] is None else f"{r['kernel_over_linear']:.2f}",
+            "-" if r["eager_over_kernel"] is None else f"{r['eager_over_kernel']:.2f}",
         ]
 
     columns = (
         "path | eager ms | through ops ms | Linear(in*n) ms | eager / ops | eager / Linear(in*n) "
-        "| ops / Linear(in*n)"
+        "| ops / Linear(in*n) | kernel alone ms | kernel alone / Linear(in*n) | eager / kernel alone"
     )
     return case_table(columns, rows, cells)
 

@@ -307,7 +307,36 @@ def test_dispatch_row_times_both_routes_against_the_linear(case, path):
     assert (row["case"], row["in"], row["out"], row["n"], row["segments"]) == case
     assert row["threads"] == 1 and row["path"] == path
     assert all(row[key] > 0 for key in ("eager_ms", "ops_ms", "linear_in_n_ms", "eager_over_ops"))
+    assert all(row[key] > 0 for key in ("kernel_ms", "kernel_over_linear", "eager_over_kernel"))
     assert f"| {path} |" in dispatch.table([row])
+
+
+@needs_kernel
+def test_dispatch_times_no_kernel_alone_where_the_layer_runs_none():
+    threads = torch.get_num_threads()
+    row = dispatch.measure(("hidden", 4, 5, 2, 2), threads=1, quick=True, device="cpu")
+    torch.set_num_threads(threads)
+    assert row["path"] not in ("kernel", "codes")
+    assert row["kernel_ms"] is None and row["kernel_over_linear"] is None and row["eager_over_kernel"] is None
+    assert dispatch.table([row]).rstrip().endswith("| - | - | - |")
+
+
+@needs_kernel
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_kernel_alone_runs_the_passes_of_the_layers_step(monkeypatch, x_needs_grad):
+    layer = HighOrderLinear(3, 5, 2, 8)
+    x = (torch.rand(16, 3) * 2 - 1).requires_grad_(x_needs_grad)
+    called = []
+    for name in ("run_pass", "run_grad_both"):
+        original = getattr(dispatch.kernel, name)
+
+        def spy(*args, original=original, name=name):
+            called.append(args[0] if name == "run_pass" else "grad_both")
+            return original(*args)
+
+        monkeypatch.setattr(dispatch.kernel, name, spy)
+    dispatch.kernel_passes(layer, x, "kernel")()
+    assert called == ["forward", "grad_both" if x_needs_grad else "grad_weight"]
 
 
 def test_threads_timeline_has_a_row_per_second_and_restores_the_thread_count():
