@@ -311,7 +311,6 @@ def test_dispatch_row_times_both_routes_against_the_linear(case, path):
     assert f"| {path} |" in dispatch.table([row])
 
 
-@needs_kernel
 def test_dispatch_times_no_kernel_alone_where_the_layer_runs_none():
     threads = torch.get_num_threads()
     row = dispatch.measure(("hidden", 4, 5, 2, 2), threads=1, quick=True, device="cpu")
