@@ -50,6 +50,10 @@ def routed_through_ops(step: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
+# The row's entries about the kernel's passes alone: None where the layer runs no CPU kernel.
+KERNEL_ALONE = ("kernel_ms", "kernel_over_linear", "eager_over_kernel")
+
+
 def kernel_passes(layer: nn.Module, x: torch.Tensor, path: str) -> Callable[[], None] | None:
     """The CPU kernel's passes of one training step of ``layer`` on x, called directly: the forward pass
     and the backward passes the layer's step takes (both gradients when x needs one, else dL/dW), on a
@@ -105,14 +109,13 @@ def measure(case: tuple, threads: int, quick: bool, device: str) -> dict:
         "case": name, "in": inputs, "out": outputs, "n": n, "segments": segments, "threads": threads,
         "device": device, "path": path,
     }  # fmt: skip
+    row.update(dict.fromkeys(KERNEL_ALONE))
     for key, milliseconds in turns.items():
         row[f"{key}_ms"] = statistics.median(milliseconds)
     row["eager_over_ops"] = median_ratio(turns["eager"], turns["ops"])
     row["eager_over_linear"] = median_ratio(turns["eager"], turns["linear_in_n"])
     row["ops_over_linear"] = median_ratio(turns["ops"], turns["linear_in_n"])
-    row["kernel_ms"] = row["kernel_over_linear"] = row["eager_over_kernel"] = None
     if alone is not None:
-        row["kernel_ms"] = statistics.median(turns["kernel"])
         row["kernel_over_linear"] = median_ratio(turns["kernel"], turns["linear_in_n"])
         row["eager_over_kernel"] = median_ratio(turns["eager"], turns["kernel"])
     return row
@@ -128,9 +131,7 @@ def table(rows: list[dict]) -> str:
             f"{r['eager_over_ops']:.3f}",
             f"{r['eager_over_linear']:.2f}",
             f"{r['ops_over_linear']:.2f}",
-            "-" if r["kernel_ms"] is None else f"{r['kernel_ms']:.2f}",
-            "-" if r["kernel_over_linear"] is None else f"{r['kernel_over_linear']:.2f}",
-            "-" if r["eager_over_kernel"] is None else f"{r['eager_over_kernel']:.2f}",
+            *("-" if r[key] is None else f"{r[key]:.2f}" for key in KERNEL_ALONE),
         ]
 
     columns = (
