@@ -121,6 +121,27 @@ def test_matches_plain_loop_reference_with_leading_dims_and_bias(kind, n, s, pat
 
 
 @pytest.mark.parametrize("path", PATHS, indirect=True)
+def test_one_sample_a_batch_and_a_grid_of_samples_give_the_same_rows(path):
+    # A batch of rows comes back as the path computed it, not as a view of it (no reshape node for the
+    # backward pass); other leading shapes are reshaped on the way in and out.
+    layer = make("continuous", 2, 8, inputs=3, outputs=4, path=path)
+    x = inputs_inside_and_outside(rows=6).detach()
+    y = layer(x)
+    assert y.shape == (6, 4) and y._base is None
+    assert torch.equal(layer(x.view(2, 3, 3)), y.view(2, 3, 4))
+    torch.testing.assert_close(layer(x[4]), y[4], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+def test_character_input_gives_a_batch_of_rows_as_computed():
+    layer = CharacterInput(5, 7, 2, 128)
+    codes = torch.randint(0, 128, (300, 5))
+    y = layer(codes)
+    assert y.shape == (300, 7) and y._base is None
+    assert torch.equal(layer(codes.view(3, 100, 5)), y.view(3, 100, 7))
+
+
+@pytest.mark.parametrize("path", PATHS, indirect=True)
 @pytest.mark.parametrize(
     ("kind", "n", "s"), [("continuous", 3, 5), ("discontinuous", 2, 3), ("polynomial", 4, 1)]
 )

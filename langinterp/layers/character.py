@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from . import kernel, triton_ops
 from .basis import chebyshev_lobatto, check_kind, lagrange, locate, stride, weights_per_link
 from .init import initialize
-from .piecewise import HighOrderLinear
+from .piecewise import HighOrderLinear, as_rows, in_shape_of
 
 CODES = kernel.CODES  # one code per 7-bit character; the C++ passes over codes are built for them
 
@@ -91,7 +91,6 @@ class CharacterInput(nn.Module):
             raise ValueError(f"expected codes [..., {self.length}], got {tuple(codes.shape)}")
         if codes.is_floating_point():
             raise ValueError("CharacterInput reads integer character codes; use HighOrderLinear for reals")
-        lead = codes.shape[:-1]
         if codes.device.type == "cpu" and not torch.compiler.is_compiling() and codes.numel():
             # A code out of range would silently read another position's row; checked where it is cheap
             # (on CUDA it would cost a synchronisation per call).
@@ -99,14 +98,14 @@ class CharacterInput(nn.Module):
             if low < 0 or high >= CODES:
                 raise ValueError(f"character codes must lie in 0..{CODES - 1}, got {low}..{high}")
         weight = self.weight
-        flat = codes.reshape(-1, self.length)
+        flat = as_rows(codes)
         op = _kernel_op(flat, weight)
         if op is not None:
             y = op(flat, weight, self.n, self.segments, stride(self.kind, self.n))
         else:
             positions = flat.long() + self.position_offset
             y = _Lookup.apply(weight, positions, self.code_rows, self.code_basis(), self._view_step())
-        return y.reshape(*lead, self.out_features)
+        return in_shape_of(y, codes)
 
     def as_linear(self) -> HighOrderLinear:
         """The equivalent HighOrderLinear over codes_to_unit(codes), sharing this module's weight."""

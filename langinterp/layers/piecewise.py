@@ -98,6 +98,18 @@ def _basis_op(x: Tensor, weight: Tensor):
     return None
 
 
+def as_rows(x: Tensor) -> Tensor:
+    """x [..., in] as the [rows, in] matrix the paths take: x itself when it is one already, since a reshape
+    to the same shape still makes a view, and in the autograd graph a node that every backward pass runs."""
+    return x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+
+
+def in_shape_of(y: Tensor, x: Tensor) -> Tensor:
+    """y [rows, out], computed from as_rows(x), in x's leading shape [..., out]: y itself when x was
+    [rows, in]."""
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def active_rows(x: Tensor, nodes: Tensor, segments: int, step: int, K: int) -> tuple[Tensor, Tensor]:
     """Basis values phi [rows, in, n] (differentiable in x) and their table rows i*K + j*step + k."""
     j, t = locate(x, segments)
@@ -175,13 +187,10 @@ class HighOrderLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs [..., {self.in_features}], got {tuple(x.shape)}")
-        lead = x.shape[:-1]
         weight = self.weight
-        flat = x.reshape(-1, self.in_features).to(weight.dtype)
+        flat = as_rows(x).to(weight.dtype)
         path = self.choose_path(flat)
         step = stride(self.kind, self.n)
-        K = self.weights_per_link
-        table = weight.reshape(-1, self.out_features)  # [in*K, out]
         if path == "kinks":
             y = kink_linear(flat, weight)
         elif path == "reduced":
@@ -190,20 +199,27 @@ class HighOrderLinear(nn.Module):
             y = kernel.apply_piecewise(flat, weight, self.n, self.segments, step)
         elif path == "triton":
             y = triton_ops.apply_piecewise(flat, weight, self.n, self.segments, step)
-        elif path == "dense" and (basis_op := _basis_op(flat, weight)):
-            y = basis_op(flat, K, self.n, self.segments, step) @ table
         else:
-            nodes = chebyshev_lobatto(self.n, weight.dtype, weight.device)
-            phi, rows = active_rows(flat, nodes, self.segments, step, K)
-            if path == "dense":
-                basis = flat.new_zeros(flat.shape[0], table.shape[0])
-                basis = basis.scatter(1, rows.flatten(1), phi.flatten(1))
-                y = basis @ table
-            else:
-                y = F.embedding_bag(rows.flatten(1), table, per_sample_weights=phi.flatten(1), mode="sum")
+            y = self._from_table(flat, path, step)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        return in_shape_of(y, x)
+
+    def _from_table(self, flat: Tensor, path: str, step: int) -> Tensor:
+        """The paths that read the weights as one table [in*K, out]: dense (the basis matrix times the table)
+        and gather."""
+        weight = self.weight
+        K = self.weights_per_link
+        table = weight.reshape(-1, self.out_features)
+        if path == "dense" and (basis_op := _basis_op(flat, weight)):
+            return basis_op(flat, K, self.n, self.segments, step) @ table
+        nodes = chebyshev_lobatto(self.n, weight.dtype, weight.device)
+        phi, rows = active_rows(flat, nodes, self.segments, step, K)
+        if path == "dense":
+            basis = flat.new_zeros(flat.shape[0], table.shape[0])
+            basis = basis.scatter(1, rows.flatten(1), phi.flatten(1))
+            return basis @ table
+        return F.embedding_bag(rows.flatten(1), table, per_sample_weights=phi.flatten(1), mode="sum")
 
     def extra_repr(self) -> str:
         return (
