@@ -132,7 +132,6 @@ def test_one_sample_a_batch_and_a_grid_of_samples_give_the_same_rows(path):
     torch.testing.assert_close(layer(x[4]), y[4], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 def test_character_input_gives_a_batch_of_rows_as_computed():
     layer = CharacterInput(5, 7, 2, 128)
     codes = torch.randint(0, 128, (300, 5))
