@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from langinterp.layers import HighOrderLinear, kernel, weights_per_link
+from langinterp.layers.basis import locate
 from langinterp.layers.piecewise import dense_pays
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ layers = load("layers")
 kernel_ab = load("kernel_ab")
 dispatch = load("dispatch")
 threads = load("threads")
+spread = load("spread")
 
 
 @needs_kernel
@@ -355,3 +357,38 @@ def test_threads_benchmark_refuses_less_than_a_second(tmp_path):
 def test_heap_benchmark_refuses_fewer_than_one_process(tmp_path):
     last = refusal(tmp_path, "heap.py", "--processes", "0")
     assert last == "heap.py: error: --processes and --turns must be at least 1"
+
+
+@pytest.mark.parametrize("segments", [1, 2, 3, 8, 128])
+def test_spread_batches_sort_each_column_or_put_every_value_in_one_segment(segments):
+    torch.manual_seed(0)
+    x = torch.rand(256, 5) * 2 - 1
+    batches = spread.spread_inputs(x, segments)
+    assert batches["uniform"] is x
+    ordered = batches["sorted"]
+    assert (ordered.diff(dim=0) >= 0).all()
+    assert all(set(ordered[:, i].tolist()) == set(x[:, i].tolist()) for i in range(5))
+    one = batches["one_segment"]
+    assert one.shape == x.shape and one.dtype == x.dtype and one.unique().numel() > 1
+    assert (locate(one, segments)[0] == segments // 2).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["hidden", "input real"])
+def test_spread_times_the_forward_pass_and_the_step_on_each_spread(name):
+    before = torch.get_num_threads()
+    row = spread.measure((name, 5, 4, 2, 16), threads=1, quick=True)
+    torch.set_num_threads(before)
+    assert row["path"] == "kernel"
+    for kind in ("forward", "step"):
+        assert all(row[f"{key}_{kind}_ms"] > 0 for key in spread.SPREADS)
+        assert all(row[f"{key}_{kind}_ratio"] > 0 for key in spread.SPREADS[1:])
+        assert f"uniform_{kind}_ratio" not in row
+    shown = spread.table([row])
+    assert "| forward: one segment / uniform |" in shown
+    assert f"| {row['sorted_step_ratio']:.2f} |" in shown
+
+
+def test_spread_benchmark_refuses_segments_of_no_real_valued_case(tmp_path):
+    last = refusal(tmp_path, "spread.py", "--segments", "5")
+    assert last == "spread.py: error: no real-valued case has those segment counts"
