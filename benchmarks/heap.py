@@ -15,6 +15,7 @@ getrusage) over the timed turns. Prints one row per process and case and a summa
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +59,8 @@ def measure_process(setting: str, turns: int) -> list[dict]:
                     "case": name,
                     "segments": segments,
                     "threads": threads,
-                    "ours_ms": sorted(times["ours"])[turns // 2],
-                    "linear_ms": sorted(times["linear"])[turns // 2],
+                    "ours_ms": statistics.median(times["ours"]),
+                    "linear_ms": statistics.median(times["linear"]),
                     "ratio": median_ratio(times["ours"], times["linear"]),
                     "faults_per_turn": faults / turns,
                 }
