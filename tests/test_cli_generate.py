@@ -85,6 +85,23 @@ def test_a_seed_repeats_samples_and_each_sample_gets_its_own_seed(trained: Train
     assert "\u2500" in both[len(first) : -len(fourth)]  # a rule between the samples
 
 
+def test_control_characters_are_marked_on_a_terminal_and_kept_in_a_pipe(
+    trained: Trained, capsys, monkeypatch
+) -> None:
+    from rich.console import Console
+
+    args = ("generate", "--run", str(trained.run.path), "-p", "the", "-n", "400", "-t", "50", "--seed", "1")
+    _, piped, _ = cli(capsys, *args)
+    controls = {c for c in piped if ord(c) < 32 or ord(c) == 127} - {"\n", "\t"}
+    assert controls  # at this temperature the samples take control characters too
+    monkeypatch.setattr("langinterp.cli.generate.console", Console(force_terminal=True, color_system=None))
+    code, shown, _ = cli(capsys, *args)
+    assert code == 0
+    assert len(shown) == len(piped)
+    for raw, drawn in zip(piped, shown, strict=True):
+        assert drawn == ("\u00b7" if raw in controls else raw)
+
+
 def test_the_newest_run_and_a_checkpoint_file_alone_both_work(
     trained: Trained, capsys, monkeypatch, tmp_path
 ) -> None:

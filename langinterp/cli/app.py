@@ -31,6 +31,11 @@ RunName = Annotated[str | None, typer.Option("--run-name", help="Run directory n
 console = Console()
 err_console = Console(stderr=True)
 
+# A barely trained model samples any of the 128 codes, control characters included. Written to a terminal they
+# would move the cursor, ring the bell or start escape sequences, so there each is drawn as a visible mark;
+# newline and tab are kept, and output to a file or pipe is the model's text unchanged.
+CONTROL_MARKS = {code: "\u00b7" for code in (*range(32), 127) if chr(code) not in "\n\t"}
+
 
 class State:
     """Options of the top-level callback that the error handler needs after the command has run."""

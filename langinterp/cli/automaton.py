@@ -7,13 +7,11 @@ import json
 import typer
 from rich.markup import escape
 
-from langinterp.cli.app import app, console, err_console
+from langinterp.cli.app import CONTROL_MARKS, app, console, err_console
 from langinterp.errors import UsageError
 
-# Each step is one aligned terminal line, so control characters are drawn as visible marks (JSON keeps them).
-VISIBLE = str.maketrans(
-    {**{chr(code): "\u00b7" for code in (*range(32), 127)}, "\n": "\u21b5", "\t": "\u2192"}
-)
+# Each step is one aligned terminal line, so newline and tab get visible marks too (JSON keeps them all).
+VISIBLE = {**CONTROL_MARKS, ord("\n"): "\u21b5", ord("\t"): "\u2192"}
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from langinterp.cli.app import app, console, err_console
+from langinterp.cli.app import CONTROL_MARKS, app, console, err_console
 from langinterp.errors import NotFoundError, UsageError
 
 
@@ -74,11 +74,12 @@ def generate(
     ]
     err_console.print(f"[dim]{escape(loaded.source)}[/]", highlight=False)
     out = console.file
+    marks = CONTROL_MARKS if console.is_terminal else {}
     for index, stream in enumerate(streams):
         if index:
             console.rule(style="dim")
         console.print(folded, style="dim", end="", markup=False, highlight=False, soft_wrap=True)
         for char in stream:
-            out.write(char)
+            out.write(char.translate(marks))
             out.flush()
         out.write("\n")
