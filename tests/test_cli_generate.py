@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from langinterp.cli import run
 from langinterp.models import build_model
@@ -88,8 +89,6 @@ def test_a_seed_repeats_samples_and_each_sample_gets_its_own_seed(trained: Train
 def test_control_characters_are_marked_on_a_terminal_and_kept_in_a_pipe(
     trained: Trained, capsys, monkeypatch
 ) -> None:
-    from rich.console import Console
-
     args = ("generate", "--run", str(trained.run.path), "-p", "the", "-n", "400", "-t", "50", "--seed", "1")
     _, piped, _ = cli(capsys, *args)
     controls = {c for c in piped if ord(c) < 32 or ord(c) == 127} - {"\n", "\t"}
