@@ -504,6 +504,12 @@ inline void prefetch_for_write(const T* p, int rows, int O, int count) {
 // shared row waits in `carry` (per-thread scratch, one block wide) for the next bucket's sum, and every row
 // is written exactly once, in order (an empty bucket writes zeros): dW needs no zeroing first, and with
 // `stream` the rows bypass the caches (stream_rows says when).
+// For n >= 2 the first accumulator row sums the bucket's dy rows plainly (Sum) and takes the others' sums off
+// at the end: a link's basis values sum to one, so sum_r phi_0(r) dy_r = sum_r dy_r - sum_{k >= 1} sum_r
+// phi_k(r) dy_r. One of the n multiply-adds per loaded vector becomes an add, which Zen 4 (like most x86
+// cores) issues on its own pipes beside the multiply-adds. By `benchmarks/kernel_ab.py` against fcd28dd (the
+// benchmark's cases, two runs, results within 2e-6 of the largest entry): dL/dW 0.88-1.00 of its time, both
+// gradients 0.85-0.99; the input layer over reals, whose buckets hold about 8 samples each, 0.96-1.00.
 // With Dots (n = 2, grad_both), the same pass also takes dL/dx's dot products while each dy row is loaded:
 // the bucket's difference row D = W_i[j * stride + 1] - W_i[j * stride] over the block stays in registers,
 // and sample r's lane-wise sum of D dy_r (started at zero in the `first` block, else read back) goes to
@@ -518,6 +524,7 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
     static_assert(!Dots || N == 2, "dL/dx rides along at n = 2 only");
     const int n = N > 0 ? N : n_rt;
     const int shared = n - stride;  // rows at the start of a bucket that the bucket before it has (1 or 0)
+    constexpr bool Sum = N >= 2;
     V* held = reinterpret_cast<V*>(carry);
     for (int j = 0; j < s; ++j) {
         const int64_t p0 = bk.start[j], p1 = bk.start[j + 1];
@@ -538,7 +545,9 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
             const V* g = reinterpret_cast<const V*>(dy + r * ld + b.c0);
             V gv[NV];
             for (int v = 0; v < NV; ++v) gv[v] = g[v];
-            for (int k = 0; k < n; ++k) {
+            if constexpr (Sum)
+                for (int v = 0; v < NV; ++v) acc[0][v] += gv[v];
+            for (int k = Sum ? 1 : 0; k < n; ++k) {
                 const T ph = bk.phi[k * bk.rows + r];
                 for (int v = 0; v < NV; ++v) acc[k][v] += ph * gv[v];
             }
@@ -548,6 +557,12 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
                 dots[r] = sum;
             }
         }
+        if constexpr (Sum)
+            for (int v = 0; v < NV; ++v) {
+                V rest = acc[1][v];
+                for (int k = 2; k < n; ++k) rest += acc[k][v];
+                acc[0][v] -= rest;
+            }
         // Unrolled, so that acc stays in registers (a loop indexing it would keep it in memory).
 #pragma GCC unroll 32
         for (int k = 0; k < n; ++k) {
