@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,6 +148,11 @@ class RunDir:
 
 def timestamped_name(recipe_name: str, now: datetime | None = None) -> str:
     return f"{recipe_name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+
+
+def is_timestamped_name(name: str, recipe_name: str) -> bool:
+    """Whether a run kept the name `timestamped_name` gives it: then its name says its recipe and start."""
+    return re.fullmatch(re.escape(recipe_name) + r"-\d{8}-\d{6}", name) is not None
 
 
 def create_run(recipe: Recipe, name: str | None = None) -> RunDir:

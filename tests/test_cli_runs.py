@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_cli_generate import CONTEXT, TEXT, Trained, centered_run, cli, train_tiny
 
+from langinterp.cli.app import console
 from langinterp.cli.runs import EIGHTHS, bar_chart, epoch_history, table_columns
 from langinterp.recipe import resolve
 from langinterp.runs import INFO_FILE, RunDir, create_run, find_run, list_runs, scan_runs
@@ -96,6 +98,20 @@ def test_runs_marks_centered_and_unfinished_runs(capsys) -> None:
     assert "mlp" in row
     assert "0 running" in row
     assert "(centered)" in out  # beside the model type, folded onto a second line in 80 columns
+
+
+def test_runs_keeps_names_whole_and_adds_what_a_chosen_name_does_not_say(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(console, "width", 80)
+    given = create_run(resolve({}, [], name="high_order_input_transformer"))  # recipe-time: 44 characters
+    chosen = create_run(resolve({}, [], name="sparse_mlp"), "quick")
+    code, out, _ = cli(capsys, "runs")
+    assert code == 0
+    lines = out.splitlines()
+    assert any(given.path.name in line for line in lines)  # whole, not folded over several lines
+    assert "high_order_input_transformer," not in out  # its name already says its recipe and start
+    at = next(index for index, line in enumerate(lines) if line.split()[:1] == [chosen.path.name])
+    started = datetime.fromisoformat(chosen.info().created).astimezone()  # shown in local time
+    assert lines[at + 1].split()[:3] == ["sparse_mlp,", *started.strftime("%Y-%m-%d %H:%M").split()]
 
 
 def test_runs_show_prints_facts_recipe_history_and_a_loss_plot(trained: Trained, capsys, monkeypatch) -> None:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import typer
 from rich import box
-from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
 from langinterp.cli.app import app, console, err_console
 from langinterp.paths import runs_dir
-from langinterp.runs import RunDir, RunInfo, find_run, scan_runs
+from langinterp.runs import RunDir, RunInfo, find_run, is_timestamped_name, scan_runs
 
 runs_app = typer.Typer(help="List training runs, or show one run's details and metric history.")
 app.add_typer(runs_app, name="runs")
@@ -62,30 +61,33 @@ def runs(ctx: typer.Context) -> None:
         )
 
 
+def _name_cell(info: RunInfo) -> str:
+    """A run's name and, dimmed under it, its recipe and start time, unless the name says both (as the
+    names that `langinterp train` gives do: recipe-time)."""
+    if is_timestamped_name(info.name, info.recipe_name):
+        return escape(info.name)
+    return f"{escape(info.name)}\n[dim]{escape(info.recipe_name)}, {_when(info.created)}[/]"
+
+
 def _runs_table(infos: list[RunInfo]) -> Table:
-    """Seven columns, so that a table of runs fits an 80-column terminal: the data kind shows only when it
-    is not the usual next-character one, the status only while a run is not finished."""
-    table = Table(caption=f"runs: {escape(str(runs_dir()))}", box=box.SIMPLE_HEAD, pad_edge=False)
-    columns: tuple[tuple[str, JustifyMethod], ...] = (
-        ("name", "left"),
-        ("recipe", "left"),
-        ("model", "left"),
-        ("params", "right"),
-        ("epochs", "right"),
-        ("valid bpc", "right"),
-        ("when", "left"),
+    """A table of runs that fits an 80-column terminal: the data kind shows only when it is not the usual
+    next-character one, the status only while a run is not finished. Names never wrap: they are what
+    --run takes, and a name folded over three lines cannot be copied; where they are long, the other
+    columns fold instead."""
+    table = Table(
+        caption=f"runs: {escape(str(runs_dir()))}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False
     )
-    for column, justify in columns:
-        table.add_column(column, justify=justify, overflow="fold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("model", overflow="fold")
+    for column in ("params", "epochs", "valid bpc"):
+        table.add_column(column, justify="right", overflow="fold")
     for info in infos:
         table.add_row(
-            escape(info.name),
-            escape(info.recipe_name),
+            _name_cell(info),
             info.model_type if info.data_kind == "sequence" else f"{info.model_type} ({info.data_kind})",
             _count(info.parameters),
             str(info.epochs) if info.status == "finished" else f"{info.epochs} {info.status}",
             _bpc(info.best_valid_bpc),
-            _when(info.created),
         )
     return table
 
