@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -119,6 +120,13 @@ def test_runs_show_prints_facts_recipe_history_and_a_loss_plot(trained: Trained,
     code, out, _ = cli(capsys, "runs", "show", "fox")
     assert code == 0
     assert str(trained.run.path) in out.replace("\n", "")
+    facts = out[: out.index("recipe ─")]
+    assert "{" not in facts  # run.json's further facts as lines of `name value`, not a Python repr
+    words = " ".join(facts.split())
+    assert "fox.txt: folded 0, dropped 0" in words
+    shown = re.search(r"train_bpc (\S+)", words)
+    final = trained.run.info().extra["final"]
+    assert shown and float(shown[1]) == pytest.approx(final["train_bpc"], rel=1e-3)
     assert f"context = {CONTEXT}" in out
     assert "metrics per epoch" in out
     assert "valid_bpc" in out

@@ -162,10 +162,29 @@ def loss_plot(history: list[dict[str, float]], width: int = 60, height: int = 4)
     return lines
 
 
-def _format(value: float) -> str:
-    if value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
+def _format(value: object) -> str:
+    """A number as a person reads it: whole numbers and large ones to the unit with thousands separated
+    (a rate of 72,281 characters a second, not 7.228e+04), small ones to four significant digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e15):
+        return f"{int(value):,}"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
     return f"{value:.2e}" if abs(value) < 1e-3 else f"{value:.4g}"
+
+
+def _fact(value: object) -> str:
+    """One of run.json's further facts: a mapping one `key value` line per entry, and a mapping inside it
+    on its entry's line as `key: name value, name value`, instead of Python's repr of the whole."""
+    if not isinstance(value, dict):
+        return _format(value)
+    return "\n".join(
+        f"{key}: " + ", ".join(f"{name} {_format(inner)}" for name, inner in item.items())
+        if isinstance(item, dict)
+        else f"{key} {_format(item)}"
+        for key, item in value.items()
+    )
 
 
 def table_columns(history: list[dict[str, float]]) -> list[str]:
@@ -194,12 +213,13 @@ def show(
         ("epochs", str(info.epochs)),
         ("steps", f"{info.steps:,}"),
         ("best valid bits/char", _bpc(info.best_valid_bpc)),
-        *((key, str(value)) for key, value in info.extra.items()),
+        *((key, _fact(value)) for key, value in info.extra.items()),
     ):
         facts.add_row(f"[bold]{escape(key)}[/]", escape(value))
     console.print(facts)
     console.rule("recipe", style="dim")
-    console.print(Syntax(found.recipe_path.read_text(encoding="utf-8"), "toml", background_color="default"))
+    recipe = found.recipe_path.read_text(encoding="utf-8")
+    console.print(Syntax(recipe, "toml", background_color="default", word_wrap=True))
     history = epoch_history(found.metrics_path)
     console.rule("metrics per epoch", style="dim")
     if not history:
