@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -52,6 +53,31 @@ def test_evaluate_a_file_with_either_checkpoint_as_a_table(trained: Trained, cap
     assert "bits per character" in out
     assert f"{len(TEXT) * 3 - CONTEXT:,}" in out
     assert "100.00%" in out
+
+
+def test_evaluate_compares_several_runs_on_one_text(trained: Trained, capsys, tmp_path) -> None:
+    twin = tmp_path / "twin"  # the same weights under another name: the same scores
+    shutil.copytree(trained.run.path, twin)
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT * 3, encoding="utf-8")
+    runs = ["--run", str(trained.run.path), "--run", str(twin)]
+    code, out, _ = cli(capsys, "evaluate", *runs, "--file", str(other), "--json")
+    assert code == 0
+    results = [json.loads(line) for line in out.splitlines()]  # one object per model, in the order given
+    assert [result["model"].split(",")[0] for result in results] == ["run fox", "run twin"]
+    assert results[0]["bits_per_char"] == results[1]["bits_per_char"]
+    assert {result["characters"] for result in results} == {len(TEXT) * 3 - CONTEXT}
+    code, out, _ = cli(capsys, "evaluate", *runs, "--file", str(other))
+    assert code == 0
+    rows = [line for line in out.splitlines() if "100.00%" in line]
+    assert len(rows) == 2 and "run fox" in rows[0] and "run twin" in rows[1]
+    assert f"on {other}" in out.replace("\n", "")
+    code, out, _ = cli(capsys, "evaluate", *runs)
+    assert code == 0
+    assert "each on its own held-out validation text" in out
+    code, out, err = cli(capsys, "evaluate", *runs, "--checkpoint", str(tmp_path / "one.ckpt"))
+    assert (code, out) == (2, "")
+    assert "a checkpoint file is one model" in err
 
 
 @pytest.mark.parametrize(
