@@ -504,12 +504,12 @@ inline void prefetch_for_write(const T* p, int rows, int O, int count) {
 // shared row waits in `carry` (per-thread scratch, one block wide) for the next bucket's sum, and every row
 // is written exactly once, in order (an empty bucket writes zeros): dW needs no zeroing first, and with
 // `stream` the rows bypass the caches (stream_rows says when).
-// For n >= 2 the first accumulator row sums the bucket's dy rows plainly (Sum) and takes the others' sums off
-// at the end: a link's basis values sum to one, so sum_r phi_0(r) dy_r = sum_r dy_r - sum_{k >= 1} sum_r
-// phi_k(r) dy_r. One of the n multiply-adds per loaded vector becomes an add, which AMD's Zen cores issue on
-// pipes of their own beside the multiply-adds (Intel's cores issue both on the same ports: no loss). By `benchmarks/kernel_ab.py` against fcd28dd (the
-// benchmark's cases, two runs, results within 2e-6 of the largest entry): dL/dW 0.88-1.00 of its time, both
-// gradients 0.85-0.99; the input layer over reals, whose buckets hold about 8 samples each, 0.96-1.00.
+// For n >= 2 the first accumulator row sums the bucket's dy rows plainly (Sum) and takes the others' sums off at the
+// end: a link's basis values sum to one, so sum_r phi_0(r) dy_r = sum_r dy_r - sum_{k >= 1} sum_r phi_k(r) dy_r. One
+// of the n multiply-adds per loaded vector becomes an add, which AMD's Zen cores issue on pipes of their own beside
+// the multiply-adds (Intel's cores issue both on the same ports: no loss). By `benchmarks/kernel_ab.py` against
+// fcd28dd (the benchmark's cases, two runs, results within 2e-6 of the largest entry): dL/dW 0.88-1.00 of its time,
+// both gradients 0.85-0.99; the input layer over reals, whose buckets hold about 8 samples each, 0.96-1.00.
 // With Dots (n = 2, grad_both), the same pass also takes dL/dx's dot products while each dy row is loaded:
 // the bucket's difference row D = W_i[j * stride + 1] - W_i[j * stride] over the block stays in registers,
 // and sample r's lane-wise sum of D dy_r (started at zero in the `first` block, else read back) goes to
