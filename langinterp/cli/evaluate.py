@@ -76,9 +76,9 @@ def evaluate(
     if len(results) == 1:
         console.print(f"{escape(results[0]['model'])} on {escape(results[0]['text'])}", highlight=False)
         table = Table(show_header=False, box=None)
-        table.add_row("bits per character", f"{results[0]['bits_per_char']:.4f}")
-        table.add_row("accuracy", f"{results[0]['accuracy']:.2%}")
-        table.add_row("characters", f"{results[0]['characters']:,}")
+        labels = ("bits per character", "accuracy", "characters")
+        for label, shown in zip(labels, _measures(results[0]), strict=True):
+            table.add_row(label, shown)
         console.print(table)
     else:
         text = results[0]["text"]
@@ -106,10 +106,10 @@ def _comparison(results: list[dict], caption: str) -> Table:
     for column in ("bits/char", "accuracy", "characters"):
         table.add_column(column, justify="right")
     for result in results:
-        table.add_row(
-            escape(result["model"]),
-            f"{result['bits_per_char']:.4f}",
-            f"{result['accuracy']:.2%}",
-            f"{result['characters']:,}",
-        )
+        table.add_row(escape(result["model"]), *_measures(result))
     return table
+
+
+def _measures(result: dict) -> tuple[str, str, str]:
+    """A result's bits per character, accuracy and characters, as both tables show them."""
+    return f"{result['bits_per_char']:.4f}", f"{result['accuracy']:.2%}", f"{result['characters']:,}"
