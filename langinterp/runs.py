@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,13 +145,23 @@ class RunDir:
         return Recipe(values=load_recipe(self.recipe_path).values, name=self.info().recipe_name)
 
 
+STAMP = "%Y%m%d-%H%M%S"  # a run's start in its default name
+
+
 def timestamped_name(recipe_name: str, now: datetime | None = None) -> str:
-    return f"{recipe_name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+    return f"{recipe_name}-{(now or datetime.now()).strftime(STAMP)}"
 
 
 def is_timestamped_name(name: str, recipe_name: str) -> bool:
     """Whether a run kept the name `timestamped_name` gives it: then its name says its recipe and start."""
-    return re.fullmatch(re.escape(recipe_name) + r"-\d{8}-\d{6}", name) is not None
+    if not name.startswith(f"{recipe_name}-"):
+        return False
+    stamp = name.removeprefix(f"{recipe_name}-")
+    try:
+        # Written back and compared: strptime alone also takes fields that strftime pads, such as `5093`.
+        return datetime.strptime(stamp, STAMP).strftime(STAMP) == stamp
+    except ValueError:
+        return False
 
 
 def create_run(recipe: Recipe, name: str | None = None) -> RunDir:
