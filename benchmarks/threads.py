@@ -2,13 +2,13 @@
 
     python benchmarks/threads.py [--seconds N] [--out FILE]
 
-On the shared development host the passes of our layers with two threads sometimes take about three times
-as long as at other times (README, *Layers*). This script tells whether such a slow mode belongs to a process
-or to a period of time, and whether one thread is spared: for --seconds seconds it takes turns between the
-forward pass of the layer over character codes (16 inputs, 250 outputs, 128 segments, batch 1024: the pass
-that moved most) with one thread, the same with all threads, and nn.Linear(in*n, out)'s forward pass with all
-threads, and reports each one's median time per second. Prints a table; writes JSON {"rows": [...]} to --out
-(default benchmarks/results/threads.json).
+On the shared development host the passes of our layers with two threads sometimes take about three times as
+long as at other times (benchmarks/README.md, *Layers*). This script tells whether such a slow mode belongs to
+a process or to a period of time, and whether one thread is spared: for --seconds seconds it takes turns
+between the forward pass of the layer over character codes (16 inputs, 250 outputs, 128 segments, batch 1024:
+the pass that moved most) with one thread, the same with all threads, and nn.Linear(in*n, out)'s forward pass
+with all threads, and reports each one's median time per second. Prints a table; writes JSON {"rows": [...]}
+to --out (default benchmarks/results/threads.json).
 """
 
 import argparse

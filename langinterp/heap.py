@@ -1,14 +1,13 @@
 """Keep freed memory in the process instead of handing it back to the OS after every training step.
 
-A training step allocates and frees the same large buffers every time (a layer's output, its weight
-gradient, the kernel's padded scratch: megabytes each). glibc's malloc gives memory at the top of its heap
-back to the OS whenever more than its trim threshold lies free there, and whether that happens depends on
-where in the heap each buffer landed: in some processes it happened every step, and the next step's
-buffers came back one page fault at a time. By benchmarks/heap.py (README, *Freed memory and page faults*),
-with glibc's defaults the 128-wide layer with 128 segments took up to 1.8x as long a step in the processes
-that faulted most; with the thresholds set here no process faulted that often. Setting the trim threshold
-(and with it, as glibc then needs, a fixed threshold above which blocks get their own mapping) keeps that
-memory.
+A training step allocates and frees the same large buffers every time (a layer's output, its weight gradient,
+the kernel's padded scratch: megabytes each). glibc's malloc gives memory at the top of its heap back to the
+OS whenever more than its trim threshold lies free there, and whether that happens depends on where in the
+heap each buffer landed: in some processes it happened every step, and the next step's buffers came back one
+page fault at a time. By benchmarks/heap.py (benchmarks/README.md, *Freed memory and page faults*), with
+glibc's defaults the 128-wide layer with 128 segments took up to 1.8x as long a step in the processes that
+faulted most; with the thresholds set here no process faulted that often. Setting the trim threshold (and with
+it, as glibc then needs, a fixed threshold above which blocks get their own mapping) keeps that memory.
 
 :func:`keep_freed_memory` is called by the CLI and the benchmarks before any work; scripts that use the
 layers directly can call it too. It changes malloc's settings for the whole process, so the library itself

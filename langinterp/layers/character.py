@@ -13,10 +13,10 @@ layer, sharing the weight parameter. Three lookups, chosen per call:
   the codes' x, which reads n rows per input. Its dL/dW sums each code's rows of dL/dy once and spreads the
   sum over the code's n weight rows. At batch 1024 (16 inputs, 250 outputs, 128 segments) the forward pass
   took 0.78-0.86 and dL/dW 0.85-0.91 of the time of the gather passes on the same x (two runs of
-  `benchmarks/kernel_ab.py`, README);
+  `benchmarks/kernel_ab.py`, benchmarks/README.md);
 - on CUDA with Triton (triton_ops.py): the gather kernel on the codes' x. On an H200 the table lookup below
   took 1.75 ms forward+backward where the Triton kernels on the same layer over reals took 0.63 ms
-  (benchmarks/layers.py --device cuda, README);
+  (benchmarks/layers.py --device cuda, benchmarks/README.md);
 - elsewhere (no compiler, no Triton, other devices): build the table T (length*128*n*out
   multiply-adds, independent of the batch; with 128 segments a sum of strided views of the weights,
   nothing gathered) and sum the rows T[i, codes[..., i]] with embedding_bag, under a custom backward

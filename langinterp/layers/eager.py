@@ -5,7 +5,7 @@ opaque op with a fake implementation. Called eagerly, such an op travels a long 
 dispatcher to its autograd wrapper, a redispatch to its body behind a dynamo guard, and the same again for
 every gradient op of the backward pass. On this project's 2-core CPU the input layers' forward and
 backward pass at batch 1024, about 2 ms, took 1.09-1.16x as long that way (benchmarks/dispatch.py,
-README). ``eager_or_op`` hands the layers one callable: on plain tensors with storage, outside
+benchmarks/README.md). ``eager_or_op`` hands the layers one callable: on plain tensors with storage, outside
 torch.compile, an autograd.Function running the op's own body forward and the same backward formula over
 the gradient ops' bodies, so both give the same results to the bit; else the custom op, whose fake
 implementation serves the meta device, fake tensors and torch.compile's tracing, and whose dispatcher

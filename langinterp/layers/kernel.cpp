@@ -783,7 +783,7 @@ inline int tiled_team(int64_t rows, int K) {
 // development CPU these sizes were tuned on) holds it beside the streamed rows. Wider blocks mean fewer passes
 // over the samples, more inputs fewer reads and writes of each output block; `widest` is the widest block
 // tried. For the forward pass this choice measured within 6% of the best of every shape tried, at K = 17, 33
-// and 129. On an AMD CPU with 32 KiB of L1, slices sized for it were no faster overall (README).
+// and 129. On an AMD CPU with 32 KiB of L1, slices sized for it were no faster overall (benchmarks/README.md).
 struct Tiling {
     int nv, inputs;
 };
@@ -1422,7 +1422,7 @@ void grad_input(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows
 // one by one. Against grad_input then grad_weight (`benchmarks/kernel_ab.py --base 6ab65b5`, batch 1024, 1
 // and 2 threads, two runs): with 128 segments 0.62-0.77 of the time, with 32 (where dL/dx alone takes the
 // tiled pass) 0.81-0.85; with 8, 16 and 64 segments 0.67-0.85 (one run). For n = 3 to 5 a joint pass over
-// the n - 1 difference rows measured 0.69-1.38 (README): other n run the two passes one after the other.
+// the n - 1 difference rows measured 0.69-1.38 (benchmarks/README.md): other n run the two passes one after the other.
 template <typename T>
 void grad_both(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                int stride, int K) {

@@ -14,7 +14,8 @@ memory do not grow with the number of segments. Four ways, chosen per call:
   streams past (one store per segment, not per sample), and dL/dx takes its dot products against them in
   L1 (at n = 2 one dot product with the difference of the two rows). A backward pass that wants both
   gradients at n = 2 takes them in one pass over the buckets (``grad_both``), which sorts once and reads
-  each row of dL/dy once for both: 0.62-0.85 of the time of the two passes at batch 1024 (README).
+  each row of dL/dy once for both: 0.62-0.85 of the time of the two passes at batch 1024
+  (benchmarks/README.md).
 - tiled (forward and the other dL/dx, of batches of at least K rows): a slice of the table (a few inputs,
   one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied out (every
   block's slice of those inputs in one pass over their rows, in order) and, held in L1, the samples stream
@@ -24,11 +25,11 @@ memory do not grow with the number of segments. Four ways, chosen per call:
 - in place (the forward pass of batches of at least K rows whose table rows are whole aligned vectors, at
   most 8 of them, when K is large against each thread's rows): as tiled, but each sample reads its rows
   straight from the table, a group of inputs whose rows fill about 256 KiB of L2 at a time, with no copy of
-  the table, whose cost grows with K (README).
+  the table, whose cost grows with K (benchmarks/README.md).
 - direct (the forward pass of batches of at most a quarter of a row per segment, generation's batch of one):
   sample by sample, each reading its n rows per input straight from the table. There a row serves too few
   samples to repay the bucketed pass's sort, whose loops over the segments were most of its time: 0.38-0.70
-  of the bucketed pass's time at batch 1 with 8-128 segments (README).
+  of the bucketed pass's time at batch 1 with 8-128 segments (benchmarks/README.md).
 
 The layer over character codes (character.py) has two passes of its own (``character_lookup``): each code
 has one place in its segment, so its n rows combine into one row per input, and the forward pass of a
@@ -48,7 +49,8 @@ keyed by source, compiler and CPU, written atomically). Each call uses
 are wrapped as ``torch.library`` custom ops with fake (meta) implementations and a registered autograd
 formula, so autograd and ``torch.compile`` see one op. The layers call them through ``apply_*`` (eager.py):
 the ops under torch.compile, else their bodies under a plain autograd.Function, without the dispatcher's
-cost per call (the input layers' forward and backward pass at batch 1024 takes 0.86-0.92 of the time, README).
+cost per call (the input layers' forward and backward pass at batch 1024 takes 0.86-0.92 of the time,
+benchmarks/README.md).
 
 If there is no compiler, or ``LANGINTERP_KERNEL=0``, :func:`available` is False and the layers fall back to
 pure PyTorch (see piecewise.py). Only float32 and float64 CPU tensors are handled here.

@@ -26,13 +26,13 @@ path is chosen per call (``path = "auto"``), or forced by setting the ``path`` a
   to one), K - 1 columns per input instead of K. With n = 2 and 2 segments exactly the multiply-adds of
   Linear(in*n -> out). In benchmarks/paths.py it was faster than dense in every case (1.44-2.03x the
   Linear where dense took 1.82-2.28x, up to K/n = 2). Against the kernel (since its difference rows in
-  dL/dx; README, *Dense or kernel*) it is faster up to K - 1 = 1.5n (n = 3 with 2 segments: 1.63-1.65x
-  against 1.97-2.05x; n = 4 with 2, 1.80-1.85x against 1.84-1.89x), ties just above (discontinuous n = 3
-  with 2 segments, K - 1 = 5: 1.99-2.01x against 2.00-2.10x) and is slower beyond (n = 5 with 2 segments,
-  K - 1 = 1.6n: 1.87-1.91x against 1.72-1.74x; n = 2 with 4, n = 3 with 3), so it is taken up to
-  K - 1 = max(floor(1.5n), 3) (n = 1: 3 columns, where it ties with the kernel). It converts the weights
-  on every call, so small calls (generation) keep the plain dense path; on CUDA the Triton dense path stays
-  (not timed).
+  dL/dx; benchmarks/README.md, *Dense or kernel*) it is faster up to K - 1 = 1.5n (n = 3 with 2
+  segments: 1.63-1.65x against 1.97-2.05x; n = 4 with 2, 1.80-1.85x against 1.84-1.89x), ties just
+  above (discontinuous n = 3 with 2 segments, K - 1 = 5: 1.99-2.01x against 2.00-2.10x) and is slower
+  beyond (n = 5 with 2 segments, K - 1 = 1.6n: 1.87-1.91x against 1.72-1.74x; n = 2 with 4, n = 3 with
+  3), so it is taken up to K - 1 = max(floor(1.5n), 3) (n = 1: 3 columns, where it ties with the kernel).
+  It converts the weights on every call, so small calls (generation) keep the plain dense path; on CUDA
+  the Triton dense path stays (not timed).
 - ``kinks`` instead of both for a continuous layer with n = 2 and at most 2 segments (kinks.py), on calls
   of at least 256 rows and 128 inputs (``kinks_pay``), except on CUDA with Triton: the same function as a
   Linear over [x, |x - x_1|, ..., |x - x_{s-1}|] (s values per input, as on the reduced basis) plus a

@@ -49,7 +49,7 @@ def reduced_pays(x: Tensor, weight: Tensor) -> bool:
     """Whether the reduced basis is worth its per-call conversion of the weights for x [rows, in]: it saves
     one column in K of each matmul (three when training, one in inference), so the call must do enough
     work, rows * in * out. benchmarks/paths.py with --width, --batch (and --inference) puts the break-even
-    of a training step near 2^24 and of a forward pass near 2^26 (the README gives the runs)."""
+    of a training step near 2^24 and of a forward pass near 2^26 (benchmarks/README.md gives the runs)."""
     work = x.shape[0] * weight.shape[0] * weight.shape[2]
     training = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
     return work >= (REDUCED_MIN_WORK if training else REDUCED_MIN_WORK_INFERENCE)

@@ -6,7 +6,7 @@ the basis), and whose backward goes through embedding_bag's generic sparse gradi
 locate each input's segment, evaluate its basis and gather its n weight rows in one pass per direction
 (forward, dL/dx, dL/dW), so time and memory stay those of a Linear(in*n, out) whatever the segments.
 
-dL/dW has two kernels, chosen by K (measured on an H200: benchmarks/triton_kernels.py, README):
+dL/dW has two kernels, chosen by K (measured on an H200: benchmarks/triton_kernels.py, benchmarks/README.md):
 - K <= DENSE_GRAD_WEIGHT_MAX_K: ``grad_weight_dense``, one program per input and block of outputs, adding
   basis^T @ g by tl.dot over all rows: no atomic adds, the same result in every run, and 1.9-7.2x faster
   than the atomic kernel there (rows that share a segment fight over the same entries);
@@ -20,7 +20,7 @@ Float16, bfloat16 and float32 weights compute in float32 (dL/dW accumulates in f
 The dense path (small K, piecewise.py) has two kernels here as well: one writes its [rows, in*K] basis
 matrix and one reads dL/dx back from that matrix's gradient. In PyTorch operations the basis took a dozen
 kernel launches per direction, and on an H200 the dense path's forward pass cost 12x the matmul's
-(README): at batch 1024 the launches, not the arithmetic, set the time.
+(benchmarks/README.md): at batch 1024 the launches, not the arithmetic, set the time.
 
 Triton is imported only when a kernel first runs. With ``TRITON_INTERPRET=1`` set before that, Triton runs
 the same kernels on CPU tensors in its interpreter: that is how the tests check them without a GPU.
@@ -48,7 +48,7 @@ WARPS = 8
 
 
 # The dense dL/dW kernel's largest K: at K <= 64 it beat the atomic kernel in every measured case, at
-# K = 129 it lost (benchmarks/triton_kernels.py on an H200, README).
+# K = 129 it lost (benchmarks/triton_kernels.py on an H200, benchmarks/README.md).
 DENSE_GRAD_WEIGHT_MAX_K = 64
 
 
@@ -63,7 +63,7 @@ def inputs_per_step(n: int, programs: int, device: torch.device) -> int:
 
     Several inputs per step overlap their memory latencies inside a program but take more registers. That
     pays while the grid leaves the GPU idle, at most two programs per multiprocessor, and lost up to 1.7x
-    on fuller grids (measured, README), where the programs hide each other's latency.
+    on fuller grids (measured, benchmarks/README.md), where the programs hide each other's latency.
     """
     if device.type == "cuda" and programs > 2 * _multiprocessors(device):
         return 1
