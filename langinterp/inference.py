@@ -46,6 +46,11 @@ def _run_checkpoint(run: RunDir, which: str | None) -> Path:
             return path
     if which:
         raise NotFoundError(f"run {run.name!r} has no {which} checkpoint ({path})")
+    info = run.info()
+    if info.status == "failed":
+        error = info.extra.get("error")
+        reason = f": {error}" if isinstance(error, str) else ""
+        raise NotFoundError(f"run {run.name!r} failed before it saved a checkpoint{reason}")
     raise NotFoundError(f"run {run.name!r} has no checkpoint yet (it saves one at the end of each epoch)")
 
 

@@ -177,28 +177,31 @@ def lightning_hardware(trainer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _open_run(
-    recipe: Recipe | None, run_name: str | None, resume: str | Path | bool | None, hardware: dict[str, Any]
-) -> tuple[RunDir, Recipe, Path | None]:
-    """The run directory, the recipe to train and the checkpoint to resume from (None for a new run)."""
+def _resolve(
+    recipe: Recipe | None, resume: str | Path | bool | None, hardware: dict[str, Any]
+) -> tuple[Recipe, RunDir | None, Path | None]:
+    """The recipe to train and, when resuming, the run and the checkpoint to continue from (None, None for
+    a new run, whose directory `_new_run` creates once its data is ready). Creates nothing."""
     if resume is None or resume is False:
         if recipe is None:
             raise UsageError("give a recipe to train, or --resume a run")
         recipe = _with_hardware(recipe, **hardware)
         _check_trainable(recipe)
         lightning_hardware(recipe.trainer)  # refuse impossible hardware before a run directory exists
-        name = _shared_name(recipe, run_name)
-        run = create_run(recipe, name) if is_global_zero() else RunDir(runs_dir() / name)
-        return run, recipe, None
-    if run_name:
-        raise UsageError("--run-name names a new run; --resume continues an existing one")
+        return recipe, None, None
     run = find_run(os.environ.get(RUN_ENV) or (None if resume is True else resume))
     last = run.checkpoint("last")
     if not last.is_file():
         raise NotFoundError(f"run {run.name!r} has no {last.name} to resume from")
     recipe = _with_hardware(resumed_recipe(run.recipe(), recipe), **hardware)
     _check_trainable(recipe)
-    return run, recipe, last
+    return recipe, run, last
+
+
+def _new_run(recipe: Recipe, run_name: str | None) -> RunDir:
+    """A new run's directory: created by global rank 0, which every other rank finds by the shared name."""
+    name = _shared_name(recipe, run_name)
+    return create_run(recipe, name) if is_global_zero() else RunDir(runs_dir() / name)
 
 
 @contextlib.contextmanager
@@ -296,16 +299,26 @@ def train(
     Returns the run directory; Ctrl-C raises `TrainingInterrupted` after saving a resumable checkpoint.
     """
     hardware = {"accelerator": accelerator, "devices": devices, "precision": precision}
-    run, recipe, ckpt_path = _open_run(recipe, run_name, resume, hardware)
+    if run_name and not (resume is None or resume is False):
+        raise UsageError("--run-name names a new run; --resume continues an existing one")
+    recipe, run, ckpt_path = _resolve(recipe, resume, hardware)
     options = recipe.trainer
     settings = lightning_hardware(options)
-    if ckpt_path is not None and is_global_zero():
-        atomic_write(run.recipe_path, recipe.to_toml())
-        run.update_info(status="running")
     with _quiet_lightning(), _torch_flags_kept():
         pl.seed_everything(options["seed"], workers=True, verbose=False)
         module = CharLM(recipe)
         datamodule = TrainingData(recipe, reads=module.model.reads, mirror=mirror)
+        if run is None:
+            if is_global_zero():
+                # The data before the run directory that this rank creates (Lightning then finds the books
+                # cached and the splits built): an unknown book, no network or a text too short for the
+                # window ends here, with no failed run left behind.
+                datamodule.prepare_data()
+                datamodule.setup()
+            run = _new_run(recipe, run_name)
+        elif is_global_zero():
+            atomic_write(run.recipe_path, recipe.to_toml())
+            run.update_info(status="running")
         trainer = pl.Trainer(
             **settings,
             max_epochs=options["max_epochs"],

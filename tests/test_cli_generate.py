@@ -163,6 +163,8 @@ def centered_run() -> RunDir:
         ("weightless", ["-p", "x", "--checkpoint", "weightless.ckpt"], "is not a langinterp checkpoint"),
         (None, ["-p", "x", "--checkpoint", "absent.ckpt"], "does not exist"),
         ("centered", ["-p", "x", "--run", "middle"], "centered data"),
+        ("running", ["-p", "x"], "run 'fresh' has no checkpoint yet (it saves one at the end of each epoch)"),
+        ("failed", ["-p", "x"], "run 'fresh' failed before it saved a checkpoint: the loss became nan"),
         (None, ["-p", "x", "--temperature", "0"], "temperature must be above 0"),
         (None, ["-p", "x", "--top-p", "2"], "top-p"),
         (None, ["-p", "x", "--num-samples", "0"], "--num-samples"),
@@ -179,6 +181,10 @@ def test_mistakes_end_in_one_clear_line(setup, args, message, capsys, tmp_path, 
         torch.save({"hyper_parameters": checkpoint_hyperparameters(recipe)}, "weightless.ckpt")
     elif setup == "centered":
         centered_run()
+    elif setup in ("running", "failed"):  # a run in its first epoch, or one that failed there
+        fresh = create_run(resolve({}, name="fresh"), "fresh")
+        if setup == "failed":
+            fresh.update_info(status="failed", extra={"error": "the loss became nan"})
     code, out, err = cli(capsys, "generate", *args)
     assert code == 2
     assert out == ""

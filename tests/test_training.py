@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import assert_same_training_state, checkpoint_payload, child_environment, word_text
+from conftest import (
+    MirrorServer,
+    assert_same_training_state,
+    checkpoint_payload,
+    child_environment,
+    word_text,
+)
 from torch.utils.data import DataLoader, TensorDataset
 
 from langinterp import training
@@ -395,6 +401,25 @@ def test_cli_refuses_bad_requests(
     assert "no run in" in capsys.readouterr().err
     assert cli(["train"]) == 2
     assert "give a recipe file" in capsys.readouterr().err
+    assert list_runs() == []
+
+
+def test_data_that_cannot_be_read_ends_training_before_a_run_exists(
+    http_mirror: MirrorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unknown book, or a text too short for one window, is one error line and leaves no failed run
+    behind for `runs` to list and `generate` to pick as the newest."""
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text(tiny_recipe(Path("x"), "data.books=[999999999]").to_toml(), encoding="utf-8")
+    assert cli(["train", str(unknown), "--mirror", http_mirror.url, "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: book 999999999 not found at {http_mirror.url}"
+    short = tmp_path / "short.txt"
+    short.write_text("the fox", encoding="utf-8")
+    too_short = tmp_path / "short.toml"
+    too_short.write_text(tiny_recipe(short).to_toml(), encoding="utf-8")
+    assert cli(["train", str(too_short), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "fewer than one window" in err and "\n" not in err
     assert list_runs() == []
 
 
