@@ -77,6 +77,33 @@ def test_eager_calls_match_the_custom_ops_bit_for_bit(case):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_eager_calls_with_no_graph_to_record_run_the_body_alone(case, monkeypatch):
+    """Under no_grad, or when no input needs a gradient (generation, evaluation), an eager call skips the
+    autograd.Function: the op's body alone, the same result to the bit."""
+    eager, op, make = CASES[case]
+    torch.manual_seed(0)
+    tensors, sizes = make()
+    expected = op(*tensors, *sizes)
+    leaves = [leaf(t) if t.is_floating_point() else t for t in tensors]
+    applied = []
+    original = torch.autograd.Function.apply.__func__
+
+    def counted(cls, *args, **kwargs):
+        applied.append(cls)
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.Function, "apply", classmethod(counted))
+    plain = eager(*tensors, *sizes)
+    with torch.no_grad():
+        quiet = eager(*leaves, *sizes)
+    assert applied == []
+    assert torch.equal(plain, expected) and torch.equal(quiet, expected)
+    recorded = eager(*leaves, *sizes)
+    assert len(applied) == 1 and recorded.grad_fn is not None
+    assert torch.equal(recorded.detach(), expected)
+
+
 def test_eager_calls_refuse_a_second_derivative():
     (x, weight), sizes = piecewise_case()
     x = leaf(x)
