@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
+import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,12 +202,13 @@ class RunListing:
 
 
 def scan_runs() -> RunListing:
-    """Every run directory, its run.json read once; the library reports broken runs, the caller shows them."""
+    """Every run directory, its run.json read once; the library reports broken runs, the caller shows them.
+    Hidden entries (a run being removed, `remove_run`) are not runs."""
     root = runs_dir()
     runs: list[tuple[RunDir, RunInfo]] = []
     skipped: list[BrokenRunError] = []
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if not (path / INFO_FILE).is_file():
+        if path.name.startswith(".") or not (path / INFO_FILE).is_file():
             continue
         run = RunDir(path)
         try:
@@ -228,6 +231,19 @@ def _created_at(created: str) -> datetime:
 def list_runs() -> list[RunDir]:
     """Every readable run directory, oldest first (`scan_runs` also says which were skipped, and why)."""
     return [run for run, _ in scan_runs().runs]
+
+
+REMOVING = ".removing-"  # the prefix of a run directory on its way out
+
+
+def remove_run(run: RunDir) -> None:
+    """Delete a run directory. It is first renamed to a hidden name beside it (one atomic step), so no
+    listing or lookup ever meets it half deleted; what an interrupted removal leaves behind, the next
+    removal in that folder deletes."""
+    gone = run.path.with_name(f"{REMOVING}{run.name}-{uuid.uuid4().hex[:8]}")
+    run.path.rename(gone)
+    for leftover in run.path.parent.glob(f"{REMOVING}*"):
+        shutil.rmtree(leftover, ignore_errors=leftover != gone)
 
 
 def find_run(spec: str | Path | None = None, *, data_kind: str | None = None) -> RunDir:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -288,3 +289,80 @@ def test_the_metric_table_leaves_out_losses_that_repeat_bits_per_char() -> None:
     row = {"epoch": 0.0, "steps": 9.0, "valid_loss": 1.0, "valid_bpc": 1.4, "train_loss": 2.0, "lr": 0.1}
     history = [row]
     assert table_columns(history) == ["epoch", "steps", "lr", "train_loss", "valid_bpc"]
+
+
+def made_run(name: str, status: str) -> RunDir:
+    """A run directory with a checkpoint-sized file in it, marked `status`."""
+    made = create_run(resolve({}, [], name="sparse_mlp"), name)
+    made.checkpoint("last").write_bytes(b"\0" * 1024)
+    made.update_info(status=status)
+    return made
+
+
+class Terminal(io.StringIO):
+    """Standard input at a terminal, where the user typed these lines."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_runs_remove_deletes_the_named_runs_and_the_failed_ones(capsys, monkeypatch) -> None:
+    kept = made_run("kept", "finished")
+    named = made_run("named", "finished")
+    failed = made_run("broke", "failed")
+    code, out, _ = cli(capsys, "runs", "remove", "named", "--failed", "--yes")
+    assert code == 0
+    assert out.splitlines() == ["removed named", "removed broke"]
+    assert [run.name for run in list_runs()] == ["kept"]
+    assert not named.path.exists() and not failed.path.exists() and kept.path.exists()
+    assert [path.name for path in kept.path.parent.iterdir()] == ["kept"]
+    code, out, _ = cli(capsys, "runs", "remove", "--failed", "--yes")
+    assert (code, out) == (0, "no failed runs to remove\n")
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))  # asked, and declined
+    code, out, _ = cli(capsys, "runs", "remove", "kept")
+    assert code == 0 and "remove 1 run(s): kept?" in out and "nothing removed" in out
+    monkeypatch.setattr("sys.stdin", Terminal("y\n"))
+    code, out, _ = cli(capsys, "runs", "remove", "kept")
+    assert code == 0 and "removed kept" in out and list_runs() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "name the runs to remove, or give --failed"),
+        (["nowhere", "--yes"], "run 'nowhere' not found"),
+        (
+            ["busy", "--yes"],
+            "run 'busy' is marked running (it may still be training); --force removes it anyway",
+        ),
+        (["done"], "not at a terminal to confirm removing done: add --yes"),
+    ],
+)
+def test_runs_remove_refuses_in_one_line_and_removes_nothing(argv, message, capsys) -> None:
+    made_run("busy", "running")
+    made_run("done", "finished")
+    code, out, err = cli(capsys, "runs", "remove", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith(f"error: {message}") and len(err.strip().splitlines()) == 1
+    assert [run.name for run in list_runs()] == ["busy", "done"]
+
+
+def test_runs_remove_forces_a_run_marked_running_and_takes_a_broken_one(capsys) -> None:
+    busy = made_run("busy", "running")
+    broken = made_run("broken", "finished")
+    (broken.path / INFO_FILE).write_text("{", encoding="utf-8")
+    code, out, _ = cli(capsys, "runs", "remove", "busy", str(broken.path), "--force", "--yes")
+    assert code == 0 and out.splitlines() == ["removed busy", "removed broken"]
+    assert not busy.path.exists() and not broken.path.exists()
+
+
+def test_a_run_being_removed_is_no_run_and_the_next_removal_clears_it(capsys) -> None:
+    """A removal interrupted after its rename leaves a hidden directory: never listed, and deleted by the
+    next removal in that folder."""
+    left = made_run("left", "finished")
+    hidden = left.path.with_name(".removing-left-0123abcd")
+    left.path.rename(hidden)
+    assert list_runs() == [] and scan_runs().skipped == []
+    made_run("other", "finished")
+    assert cli(capsys, "runs", "remove", "other", "--yes")[0] == 0
+    assert list(hidden.parent.iterdir()) == []

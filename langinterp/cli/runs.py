@@ -1,9 +1,11 @@
-"""`langinterp runs` (a table of every run) and `langinterp runs show R` (one run's details and history)."""
+"""`langinterp runs` (a table of every run), `langinterp runs show R` (one run's details and history) and
+`langinterp runs remove R...` (delete runs)."""
 
 from __future__ import annotations
 
 import csv
 import math
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -14,10 +16,19 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from langinterp.cli.app import app, console, err_console
+from langinterp.errors import UsageError
 from langinterp.paths import runs_dir
-from langinterp.runs import RunDir, RunInfo, find_run, is_timestamped_name, scan_runs
+from langinterp.runs import (
+    BrokenRunError,
+    RunDir,
+    RunInfo,
+    find_run,
+    is_timestamped_name,
+    remove_run,
+    scan_runs,
+)
 
-runs_app = typer.Typer(help="List training runs, or show one run's details and metric history.")
+runs_app = typer.Typer(help="List training runs, show one run's details and metric history, remove runs.")
 app.add_typer(runs_app, name="runs")
 
 EIGHTHS = " ▁▂▃▄▅▆▇█"
@@ -237,3 +248,44 @@ def show(
         console.print()
         for line in plot:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _status(run: RunDir) -> str:
+    """A run's status, or `broken` when its run.json cannot be read (such a run can still be removed)."""
+    try:
+        return run.info().status
+    except BrokenRunError:
+        return "broken"
+
+
+@runs_app.command("remove")
+def remove(
+    runs: list[str] = typer.Argument(None, help="Run names or directories.", show_default=False),
+    failed: bool = typer.Option(False, "--failed", help="Also every run whose training failed."),
+    force: bool = typer.Option(False, "--force", help="Also runs marked running (one may still train)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before removing."),
+) -> None:
+    """Delete runs: their checkpoints, metrics and samples. Asks first, unless --yes."""
+    if not runs and not failed:
+        raise UsageError("name the runs to remove, or give --failed")
+    chosen = {found.path.resolve(): found for found in map(find_run, runs or [])}
+    if failed:
+        chosen |= {run.path.resolve(): run for run, info in scan_runs().runs if info.status == "failed"}
+    if not chosen:
+        console.print("no failed runs to remove")
+        return
+    busy = [run.name for run in chosen.values() if _status(run) == "running"]
+    if busy and not force:
+        raise UsageError(
+            f"run {busy[0]!r} is marked running (it may still be training); --force removes it anyway"
+        )
+    names = ", ".join(run.name for run in chosen.values())
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"not at a terminal to confirm removing {names}: add --yes")
+        if not typer.confirm(f"remove {len(chosen)} run(s): {names}?"):
+            console.print("nothing removed")
+            return
+    for run in chosen.values():
+        remove_run(run)
+        console.print(f"removed {escape(run.name)}", highlight=False)
