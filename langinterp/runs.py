@@ -238,12 +238,13 @@ REMOVING = ".removing-"  # the prefix of a run directory on its way out
 
 def remove_run(run: RunDir) -> None:
     """Delete a run directory. It is first renamed to a hidden name beside it (one atomic step), so no
-    listing or lookup ever meets it half deleted; what an interrupted removal leaves behind, the next
-    removal in that folder deletes."""
+    listing or lookup ever meets it half deleted; what interrupted removals left in the runs folder, the
+    next removal deletes."""
     gone = run.path.with_name(f"{REMOVING}{run.name}-{uuid.uuid4().hex[:8]}")
     run.path.rename(gone)
-    for leftover in run.path.parent.glob(f"{REMOVING}*"):
-        shutil.rmtree(leftover, ignore_errors=leftover != gone)
+    shutil.rmtree(gone)
+    for leftover in runs_dir().glob(f"{REMOVING}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def find_run(spec: str | Path | None = None, *, data_kind: str | None = None) -> RunDir:

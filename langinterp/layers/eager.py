@@ -10,9 +10,9 @@ torch.compile, an autograd.Function running the op's own body forward and the sa
 the gradient ops' bodies, so both give the same results to the bit; else the custom op, whose fake
 implementation serves the meta device, fake tensors and torch.compile's tracing, and whose dispatcher
 serves tensor subclasses. With no graph to record (grad mode off, as in generation and evaluation, or no
-input that needs a gradient) the callable runs the op's body alone: Function.apply costs several
+input that needs a gradient) the callable runs the op's body alone. Function.apply costs several
 microseconds a call, a large part of a layer's call at batch 1: generation with sparse_mlp took 0.26-0.28
-ms per character against 0.31-0.35 through it (benchmarks/train.py, three runs each, alternating).
+ms per character without it and 0.31-0.35 through it (benchmarks/train.py, three runs each, alternating).
 """
 
 from collections.abc import Callable, Iterator
