@@ -1,6 +1,6 @@
-"""benchmarks/paths.py, benchmarks/kernel_ab.py, benchmarks/dispatch.py, benchmarks/threads.py and
-benchmarks/layers.py's forced paths: their rows on tiny layers (nothing timed is checked, only what the rows
-say), their refusals, and layers.py's profiling."""
+"""benchmarks/paths.py, benchmarks/kernel_ab.py, benchmarks/step_ab.py, benchmarks/dispatch.py,
+benchmarks/threads.py and benchmarks/layers.py's forced paths: their rows on tiny layers (nothing timed is
+checked, only what the rows say), their refusals, and layers.py's profiling."""
 
 import argparse
 import importlib.util
@@ -38,6 +38,7 @@ def load(name: str) -> ModuleType:
 paths = load("paths")
 layers = load("layers")
 kernel_ab = load("kernel_ab")
+step_ab = load("step_ab")
 dispatch = load("dispatch")
 threads = load("threads")
 spread = load("spread")
@@ -392,3 +393,43 @@ def test_spread_times_the_forward_pass_and_the_step_on_each_spread(name):
 def test_spread_benchmark_refuses_segments_of_no_real_valued_case(tmp_path):
     last = refusal(tmp_path, "spread.py", "--segments", "5")
     assert last == "spread.py: error: no real-valued case has those segment counts"
+
+
+def test_step_ab_renames_the_copy_of_the_package_and_nothing_else():
+    text = (
+        "from langinterp.layers import kernel\nimport langinterp.text\nfrom langinterp_extra import x\n"
+        'APP_NAME = "langinterp"\nop = "langinterp::piecewise"\n'
+    )
+    assert step_ab.renamed(text) == (
+        "from langinterp_base.layers import kernel\nimport langinterp_base.text\n"
+        "from langinterp_extra import x\n"
+        'APP_NAME = "langinterp"\nop = "langinterp_base::piecewise"\n'
+    )
+
+
+@needs_kernel
+def test_step_ab_times_the_committed_layers_beside_the_working_trees(tmp_path):
+    base = step_ab.base_package("HEAD", tmp_path)
+    case = ("input real", 5, 4, 2, 16)
+    ours, theirs = step_ab.build(base, case), step_ab.build(step_ab.work_layers, case)
+    assert type(ours) is not type(theirs) and type(ours).__module__.startswith("langinterp_base.")
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.rand(64, 5) * 2 - 1
+    torch.testing.assert_close(ours(x), theirs(x))
+    before = torch.get_num_threads()
+    row = step_ab.measure(base, case, threads=1, turns=2)
+    torch.set_num_threads(before)
+    assert row["case"] == "input real" and row["threads"] == 1
+    assert all(row[key] > 0 for key in ("base_ms", "work_ms", "linear_ms", "ratio", "base_vs_linear"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--base", "no-such-rev"], "step_ab.py: error: no package at 'no-such-rev'"),
+        (["--turns", "0"], "step_ab.py: error: --turns must be at least 1, got 0"),
+        (["--segments", "7"], "step_ab.py: error: no case of benchmarks/layers.py has [7] segments"),
+    ],
+)
+def test_step_ab_refuses_what_it_cannot_compare(tmp_path, arguments, expected):
+    assert refusal(tmp_path, "step_ab.py", *arguments).startswith(expected)
