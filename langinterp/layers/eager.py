@@ -38,9 +38,7 @@ def through_custom_ops() -> Iterator[None]:
         _through_ops = previous
 
 
-def _has_storage(tensor: Tensor) -> bool:
-    """A plain tensor or parameter holding data: not meta, not a subclass (fake tensors, DTensor, ...)."""
-    return type(tensor) in (Tensor, nn.Parameter) and tensor.device.type != "meta"
+PLAIN = (Tensor, nn.Parameter)  # not subclasses: fake tensors, DTensor, ...
 
 
 def eager_or_op(
@@ -59,19 +57,33 @@ def eager_or_op(
         setup_context(ctx, args, output)
         return output
 
+    guarded = once_differentiable(backward)
+
+    def backward_once(ctx, *grads) -> tuple:
+        # The engine runs a backward pass with grad mode off unless asked for a graph of it (create_graph):
+        # only then is once_differentiable's guard needed, whose no_grad block costs a microsecond or two.
+        return guarded(ctx, *grads) if torch.is_grad_enabled() else backward(ctx, *grads)
+
     # forward takes ctx itself: with a separate setup_context, Function.apply binds the arguments to
     # forward's signature through inspect on every call, which costs more than the rest of the call.
     function = type(
         f"Eager_{body.__name__.strip('_')}",
         (torch.autograd.Function,),
-        {"forward": staticmethod(forward), "backward": staticmethod(once_differentiable(backward))},
+        {"forward": staticmethod(forward), "backward": staticmethod(backward_once)},
     )
 
     def call(*args) -> Tensor:
-        tensors = [a for a in args if isinstance(a, Tensor)]
-        if _through_ops or torch.compiler.is_compiling() or not all(map(_has_storage, tensors)):
+        if _through_ops or torch.compiler.is_compiling():
             return op(*args)
-        if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+        # One loop over the arguments, no list or generator: in a training step this runs with cold caches
+        # (piecewise.py's forward says why that matters).
+        record = False
+        for argument in args:
+            if isinstance(argument, Tensor):
+                if type(argument) not in PLAIN or argument.is_meta:  # no storage to hand the body
+                    return op(*args)
+                record = record or argument.requires_grad
+        if record and torch.is_grad_enabled():
             return function.apply(*args)
         return body(*args)  # no graph to record (generation, evaluation): the body alone, as apply runs it
 

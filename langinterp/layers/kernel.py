@@ -103,7 +103,7 @@ def available() -> bool:
 
 def supports(x: Tensor, weight: Tensor) -> bool:
     """Whether the kernel handles these tensors: CPU, float32/float64, and a compiled kernel."""
-    return x.device.type == "cpu" and weight.device.type == "cpu" and weight.dtype in DTYPES and available()
+    return x.is_cpu and weight.is_cpu and weight.dtype in DTYPES and available()
 
 
 GRAIN = (
@@ -148,9 +148,8 @@ def _invoke(
     """Call kernel ``name`` on ``tensors`` as they are, with the layer's sizes and a thread count."""
     inputs, K, outputs = weight.shape
     function = getattr(library or _library(), f"{name}_{DTYPES[weight.dtype]}")
-    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     threads = _threads(rows * inputs * n * outputs)
-    function(*pointers, rows, inputs, outputs, n, segments, step, K, threads)
+    function(*[t.data_ptr() for t in tensors], rows, inputs, outputs, n, segments, step, K, threads)
 
 
 def run_pass(
@@ -361,9 +360,8 @@ def run_dense_pass(
         result = torch.empty_like(x)
         tensors = [x, grad, result]
     function = getattr(library or _library(), f"{name}_{DTYPES[x.dtype]}")
-    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
     threads = _threads(x.shape[0] * x.shape[1] * K)
-    function(*pointers, x.shape[0], x.shape[1], n, segments, step, K, drop, threads)
+    function(*[t.data_ptr() for t in tensors], x.shape[0], x.shape[1], n, segments, step, K, drop, threads)
     return result
 
 

@@ -146,6 +146,11 @@ class HighOrderLinear(nn.Module):
         self.path = "auto"
         K = weights_per_link(kind, n, segments)
         self.weight = nn.Parameter(torch.empty(in_features, K, out_features))
+        # Too many weights per link for the dense path on any call (reduced basis or not): where the kernel
+        # runs, "auto" takes it without weighing the call (see forward on why a few checks matter).
+        self._kernel_whenever_supported = not (
+            dense_pays(K, n, on_kernel=True) or dense_pays(K - 1, n, on_kernel=True, reduced=True)
+        )
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         initialize(self.weight, initialization, kind, n, segments)
 
@@ -161,10 +166,16 @@ class HighOrderLinear(nn.Module):
 
     def choose_path(self, x: Tensor) -> str:
         """The computation ``forward`` uses for x (see the module docstring)."""
+        return self._path_for(x, self.weight)
+
+    def _path_for(self, x: Tensor, weight: Tensor) -> str:
+        """choose_path with the weight parameter already fetched: a module attribute lookup costs about half a
+        microsecond, and in a training step the layer's Python runs with cold caches (see ``forward``)."""
+        K = weight.shape[1]
         if self.path != "auto":
             if self.path not in PATHS:
                 raise ValueError(f"unknown path {self.path!r}; expected one of {', '.join(PATHS)}")
-            if self.path == "reduced" and not (kernel.supports(x, self.weight) and self.weights_per_link > 1):
+            if self.path == "reduced" and not (kernel.supports(x, weight) and K > 1):
                 raise ValueError(
                     "the reduced path needs the compiled CPU kernel (float32/float64 on the CPU) and more "
                     "than one weight per link"
@@ -172,24 +183,32 @@ class HighOrderLinear(nn.Module):
             if self.path == "kinks" and not self.takes_kinks:
                 raise ValueError("the kinks path needs a continuous layer with n = 2")
             return self.path
-        on_kernel = kernel.supports(x, self.weight)
-        K = self.weights_per_link
-        reduced = on_kernel and K > 1 and reduced_pays(x, self.weight)
+        on_kernel = kernel.supports(x, weight)
+        if on_kernel and self._kernel_whenever_supported:
+            return "kernel"
+        reduced = on_kernel and K > 1 and reduced_pays(x, weight)
         if dense_pays(K - reduced, self.n, on_kernel, reduced):
             kinks = self.takes_kinks and self.segments <= KINKS_MAX_SEGMENTS and kinks_pay(x)
-            if kinks and not triton_ops.supports_dense(x, self.weight):
+            if kinks and not triton_ops.supports_dense(x, weight):
                 return "kinks"
             return "reduced" if reduced else "dense"
         if on_kernel:
             return "kernel"
-        return "triton" if triton_ops.supports(x, self.weight) else "gather"
+        return "triton" if triton_ops.supports(x, weight) else "gather"
 
     def forward(self, x: Tensor) -> Tensor:
+        # Kept lean: in a training step this Python runs between kernel passes that stream megabytes through
+        # the caches, and finds its own code and objects evicted, so each operation here costs several times
+        # its warm time. Fetching the weight once, no .to() of the same dtype and fewer checks on the path
+        # (with eager.py's and kernel.py's) took the input layer over reals' step to 0.94-0.97 of its time
+        # (benchmarks/step_ab.py, two runs; the other layers with 128 segments 0.96-0.99).
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs [..., {self.in_features}], got {tuple(x.shape)}")
         weight = self.weight
-        flat = as_rows(x).to(weight.dtype)
-        path = self.choose_path(flat)
+        flat = as_rows(x)
+        if flat.dtype != weight.dtype:  # .to() costs a microsecond even when it returns its input
+            flat = flat.to(weight.dtype)
+        path = self._path_for(flat, weight)
         step = stride(self.kind, self.n)
         if path == "kinks":
             y = kink_linear(flat, weight)
