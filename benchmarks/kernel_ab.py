@@ -107,6 +107,38 @@ def takes_transposed(source: Path) -> bool:
     return "void forward_##SUFFIX(const T* xt," in source.read_text()
 
 
+def takes_grad_strides(source: Path) -> bool:
+    """Whether kernel.cpp at ``source`` takes dL/dy's strides after the pointers of the passes that read it,
+    as it has since they read a broadcast dL/dy in place (ctypes cannot tell)."""
+    return "int64_t dy_row" in source.read_text()
+
+
+def pointers(name: str) -> int:
+    """How many pointers an entry point takes first (kernel.SIGNATURES)."""
+    return kernel.SIGNATURES[name].count(ctypes.c_void_p)
+
+
+def grad_passes() -> list[str]:
+    """The entry points that read dL/dy and, since then, take its strides."""
+    return [name for name in kernel.SIGNATURES if "grad" in name and name != "dense_grad_input"]
+
+
+class WithoutGradStrides:
+    """A build from before the passes took dL/dy's strides, called as the working tree's is: their two
+    stride arguments dropped on the way in (this script's dL/dy is contiguous, as those passes assumed)."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self.library = library
+
+    def __getattr__(self, name: str):
+        function = getattr(self.library, name)
+        base = name.rsplit("_", 1)[0]
+        if base not in grad_passes():
+            return function
+        first = pointers(base)
+        return lambda *arguments: function(*arguments[:first], *arguments[first + 2 :])
+
+
 def kernel_pass(library: ctypes.CDLL, transposed: bool) -> Callable[..., torch.Tensor]:
     """kernel.run_pass on ``library``. A build that takes x transposed gets x.t().contiguous() in x's place
     (viewed in x's shape, by which the call sizes its results), made inside the timed call as the layer's
@@ -134,17 +166,32 @@ def backward_pass(library: ctypes.CDLL, transposed: bool) -> Callable[..., tuple
 
 
 def entry_points(source: Path) -> dict[str, list[type]]:
-    """kernel.SIGNATURES of the entry points kernel.cpp at ``source`` defines (an older one has fewer)."""
+    """kernel.SIGNATURES of the entry points kernel.cpp at ``source`` defines (an older one has fewer, and
+    before takes_grad_strides its passes that read dL/dy lack the two strides)."""
     text = source.read_text()
-    return {name: types for name, types in kernel.SIGNATURES.items() if f"void {name}_##SUFFIX(" in text}
+    strided = takes_grad_strides(source)
+
+    def without_strides(name: str, types: list[type]) -> list[type]:
+        return (
+            types
+            if strided or name not in grad_passes()
+            else types[: pointers(name)] + types[pointers(name) + 2 :]
+        )
+
+    return {
+        name: without_strides(name, types)
+        for name, types in kernel.SIGNATURES.items()
+        if f"void {name}_##SUFFIX(" in text
+    }
 
 
-def build(source: Path) -> ctypes.CDLL:
-    """``source`` compiled (or taken from the kernel cache) and loaded with its entry points' types."""
+def build(source: Path) -> ctypes.CDLL | WithoutGradStrides:
+    """``source`` compiled (or taken from the kernel cache) and loaded with its entry points' types; one
+    from before takes_grad_strides wrapped to be called as the working tree's is."""
     library = native.bind(source, entry_points(source), instead="nothing")
     if library is None:
         raise SystemExit(f"kernel_ab.py: {source} could not be built (see the warning above)")
-    return library
+    return library if takes_grad_strides(source) else WithoutGradStrides(library)
 
 
 def has_codes(library: ctypes.CDLL) -> bool:

@@ -227,6 +227,30 @@ def test_kernel_ab_binds_only_the_entry_points_a_build_has(tmp_path):
     assert set(kernel_ab.entry_points(older)) == {"forward", "grad_weight"}
 
 
+def test_kernel_ab_calls_a_base_from_before_the_grad_strides_without_them(tmp_path):
+    assert kernel_ab.takes_grad_strides(ROOT / kernel_ab.SOURCE)
+    older = tmp_path / "older.cpp"
+    older.write_text("void forward_##SUFFIX(const T* x) {}\nvoid grad_weight_##SUFFIX(const T* x) {}")
+    assert not kernel_ab.takes_grad_strides(older)
+    bound = kernel_ab.entry_points(older)
+    assert bound["forward"] == kernel.SIGNATURES["forward"]
+    assert bound["grad_weight"] == kernel.SIGNATURES["grad_weight"][:3] + kernel.SIGNATURES["grad_weight"][5:]
+    calls = []
+
+    class Library:
+        def forward_f32(self, *arguments):
+            calls.append(arguments)
+
+        def grad_weight_f32(self, *arguments):
+            calls.append(arguments)
+
+    wrapped = kernel_ab.WithoutGradStrides(Library())
+    wrapped.forward_f32(1, 2, 3, 1024, 16)
+    wrapped.grad_weight_f32(1, 2, 3, 250, 1, 1024, 16)
+    assert calls == [(1, 2, 3, 1024, 16), (1, 2, 3, 1024, 16)]
+    assert set(kernel_ab.grad_passes()) == {"grad_weight", "grad_input", "grad_both", "codes_grad_weight"}
+
+
 def test_kernel_ab_takes_each_paths_cases_and_the_committed_source(tmp_path):
     on_kernel = [(16, 250, 2, 128), (250, 250, 3, 8), (250, 250, 5, 2), (250, 250, 2, 32), (128, 128, 2, 128)]
     assert kernel_ab.real_cases(dense=False) == on_kernel

@@ -492,9 +492,9 @@ def test_kernel_weight_gradient_overwrites_its_buffer():
     torch.manual_seed(0)
     x, weight, grad = torch.rand(3, 4) * 2 - 1, torch.randn(4, 17, 37), torch.randn(3, 37)
     result = torch.full_like(weight, float("nan"))
-    layer_kernel._call("grad_weight", [x, grad, result], x, weight, 2, 16, 1)
+    layer_kernel._call("grad_weight", [x, grad, result], x, weight, 2, 16, 1, strides=grad.stride())
     expected = torch.zeros_like(weight)
-    layer_kernel._call("grad_weight", [x, grad, expected], x, weight, 2, 16, 1)
+    layer_kernel._call("grad_weight", [x, grad, expected], x, weight, 2, 16, 1, strides=grad.stride())
     assert torch.equal(result, expected) and (expected == 0).float().mean() > 0.5
 
 
@@ -515,9 +515,11 @@ def test_kernel_weight_gradient_of_a_table_past_the_caches(kind, n, s, dtype):
     weight, grad = torch.randn(inputs, K, 128, dtype=dtype), torch.randn(200, 128, dtype=dtype)
     expected = (layer_kernel.piecewise_basis(x, K, n, s, step).T @ grad).reshape(weight.shape)
     alone, together = torch.full_like(weight, float("nan")), torch.full_like(weight, float("nan"))
-    layer_kernel._call("grad_weight", [x, grad, alone], x, weight, n, s, step)
+    layer_kernel._call("grad_weight", [x, grad, alone], x, weight, n, s, step, strides=grad.stride())
     grad_x = torch.empty_like(x)
-    layer_kernel._call("grad_both", [x, weight, grad, together, grad_x], x, weight, n, s, step)
+    layer_kernel._call(
+        "grad_both", [x, weight, grad, together, grad_x], x, weight, n, s, step, strides=grad.stride()
+    )
     assert relative_error(alone, expected) <= (1e-12 if dtype == torch.float64 else 1e-5)
     assert torch.equal(together, alone)
 
@@ -953,11 +955,62 @@ def test_character_kernel_weight_gradient_overwrites_its_buffer():
     torch.manual_seed(0)
     codes = torch.randint(0, 128, (3, 4), dtype=torch.uint8)
     weight, grad = torch.randn(4, 513, 37), torch.randn(3, 37)
-    result = torch.full_like(weight, float("nan"))
-    layer_kernel._invoke("codes_grad_weight", [codes, grad, result], 3, weight, 2, 512, 1)
-    expected = torch.zeros_like(weight)
-    layer_kernel._invoke("codes_grad_weight", [codes, grad, expected], 3, weight, 2, 512, 1)
+    result, expected = torch.full_like(weight, float("nan")), torch.zeros_like(weight)
+    for buffer in (result, expected):
+        tensors = [codes, grad, buffer]
+        layer_kernel._invoke("codes_grad_weight", tensors, 3, weight, 2, 512, 1, strides=grad.stride())
     assert torch.equal(result, expected) and (expected == 0).float().mean() > 0.9
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("outputs", [37, 32])
+@pytest.mark.parametrize(("n", "s"), [(2, 16), (2, 128), (3, 8)])
+def test_kernel_passes_read_dl_dy_with_any_strides(n, s, outputs, dtype):
+    # A sum's dL/dy is one value broadcast (strides 0); the passes read it, a transposed one, a slice of a
+    # wider one and every other row of a taller one as they are, tiled and bucketed, with rows of whole
+    # vectors (32) or not (37), and give the bits they give on a contiguous copy.
+    torch.manual_seed(0)
+    rows, K, step = 40, weights_per_link("continuous", n, s), stride("continuous", n)
+    x = torch.rand(rows, 5, dtype=dtype) * 2.2 - 1.1
+    weight = torch.randn(5, K, outputs, dtype=dtype)
+    codes = torch.randint(0, 128, (rows, 5), dtype=torch.uint8)
+    code_weight = torch.randn(5, 129, outputs, dtype=dtype)
+    for grad in (
+        torch.tensor(0.7, dtype=dtype).expand(rows, outputs),
+        torch.randn(outputs, rows, dtype=dtype).t(),
+        torch.randn(rows, outputs + 11, dtype=dtype)[:, 3 : 3 + outputs],
+        torch.randn(2 * rows, outputs, dtype=dtype)[::2],
+    ):
+        assert not grad.is_contiguous()
+        plain = grad.contiguous()
+        for name in ("grad_weight", "grad_input"):
+            strided = layer_kernel.run_pass(name, x, weight, grad, n, s, step)
+            assert torch.equal(strided, layer_kernel.run_pass(name, x, weight, plain, n, s, step)), name
+        both = layer_kernel.run_grad_both(x, weight, grad, n, s, step)
+        expected = layer_kernel.run_grad_both(x, weight, plain, n, s, step)
+        assert all(torch.equal(a, b) for a, b in zip(both, expected, strict=True))
+        on_codes = layer_kernel.run_codes_pass("codes_grad_weight", codes, code_weight, grad, 2, 128, 1)
+        expected = layer_kernel.run_codes_pass("codes_grad_weight", codes, code_weight, plain, 2, 128, 1)
+        assert torch.equal(on_codes, expected)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize("codes", [False, True])
+def test_kernel_layers_take_the_broadcast_gradient_of_a_sum_as_it_is(codes):
+    torch.manual_seed(0)
+    if codes:
+        layer, x = CharacterInput(6, 37, 2, 128), torch.randint(0, 128, (300, 6))
+    else:
+        layer = make("continuous", 2, 128, inputs=6, outputs=37, path="kernel", dtype=torch.float32)
+        x = (torch.rand(300, 6) * 2 - 1).requires_grad_()
+    layer(x).sum().backward()
+    summed = [t.grad.clone() for t in (layer.weight, x) if t.grad is not None]
+    layer.weight.grad = x.grad = None
+    layer(x).backward(torch.ones(300, 37))
+    given = [t.grad for t in (layer.weight, x) if t.grad is not None]
+    assert len(summed) == len(given) == (1 if codes else 2)
+    assert all(torch.equal(a, b) for a, b in zip(summed, given, strict=True))
 
 
 def test_codes_to_unit_centres():

@@ -173,14 +173,25 @@ inline bool aligned_rows(const T* data, int O) {
     return O == padded_width<T>(O) && reinterpret_cast<uintptr_t>(data) % 64 == 0;
 }
 
+// dL/dy as the caller has it: element (r, c) at data[r * row + c * col], any strides. A sum's dL/dy is one
+// value broadcast (strides 0): read as it is into the padded rows the passes need, it costs no contiguous copy
+// first. By `benchmarks/step_ab.py` (two runs, the layers with 128 segments, whose steps end in a sum): the
+// input layer over reals' step 0.95-0.97 of its time, over codes 0.95-1.00, the hidden layer 0.96-0.99.
+template <typename T>
+struct Grad {
+    const T* data;
+    int64_t row, col;
+    bool contiguous(int O) const { return col == 1 && row == O; }
+};
+
 // A [count, ld] matrix standing for `data` [count, O]: `data` itself when its rows are aligned, else an
 // aligned scratch matrix (which the caller fills or reads back with pad_rows / unpad_rows).
 template <typename T>
 struct Padded {
     Aligned<T> scratch;
     T* rows;
-    Padded(T* data, int64_t count, int O) : rows(data) {
-        if (!aligned_rows(data, O)) {
+    Padded(T* data, int64_t count, int O, bool contiguous = true) : rows(data) {
+        if (!contiguous || !aligned_rows(data, O)) {
             scratch = aligned_scratch<T>(count * padded_width<T>(O));
             rows = scratch.get();
         }
@@ -188,11 +199,17 @@ struct Padded {
     bool copied() const { return scratch != nullptr; }
 };
 
-// Rows r0..r1 of src [rows, O] into dst [rows, ld], zeros in the padding; and back.
+// Rows r0..r1 of src into dst [rows, ld], zeros in the padding; and back.
 template <typename T>
-void pad_rows(const T* src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
+void pad_rows(Grad<T> src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
     for (int64_t r = r0; r < r1; ++r) {
-        for (int c = 0; c < O; ++c) dst[r * ld + c] = src[r * O + c];
+        const T* from = src.data + r * src.row;
+        if (src.col == 1)
+            for (int c = 0; c < O; ++c) dst[r * ld + c] = from[c];
+        else if (src.col == 0)  // a broadcast row: one value, filled in vectors
+            for (int c = 0; c < O; ++c) dst[r * ld + c] = from[0];
+        else
+            for (int c = 0; c < O; ++c) dst[r * ld + c] = from[c * src.col];
         for (int c = O; c < ld; ++c) dst[r * ld + c] = 0;
     }
 }
@@ -628,7 +645,7 @@ inline int input_band(int I, int threads) {
 // (input_band), hence disjoint slices of dW (and rows of dxT, columns of dx): no atomics, and sums that do not depend
 // on the number of threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
 template <typename T, bool Dots = false>
-void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n,
+void bucketed_backward(const T* x, const T* W, Grad<T> dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n,
                        int s, int stride, int K) {
     typedef typename Vec<T, 64>::type V;
     constexpr int VL = Vec<T, 64>::width;
@@ -639,7 +656,7 @@ void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
     const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, VL);
-    Padded<T> g(const_cast<T*>(dy), rows, O);
+    Padded<T> g(const_cast<T*>(dy.data), rows, O, dy.contiguous(O));
 #pragma omp parallel
     {
         if (g.copied()) {
@@ -692,7 +709,7 @@ void bucketed_backward(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT
 }
 
 template <typename T>
-void grad_weight(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
+void grad_weight(const T* x, Grad<T> dy, T* dW, int64_t rows, int I, int O, int n, int s, int stride, int K) {
     bucketed_backward<T>(x, nullptr, dy, dW, nullptr, nullptr, rows, I, O, n, s, stride, K);
 }
 
@@ -1387,14 +1404,14 @@ void grad_input_bucketed(const Basis<T>& basis, const T* xt, const T* W, const T
 // with more than kDifferenceTilesUpTo segments keeps the bucketed pass, which the tiled one did not beat there; either
 // way each dx is summed in an order that does not depend on the number of threads.
 template <typename T>
-void grad_input(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
+void grad_input(const T* x, const T* W, Grad<T> dy, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                 int stride, int K) {
     const Basis<T> basis(n);
     const Aligned<T> scratch = aligned_scratch<T>(rows * I);
     T* xt = scratch.get();
     const int ld = padded_width<T>(O);
     const bool tiled = (n != 2 || s <= kDifferenceTilesUpTo) && use_tiles(rows, K);
-    Padded<T> g(const_cast<T*>(dy), rows, O);
+    Padded<T> g(const_cast<T*>(dy.data), rows, O, dy.contiguous(O));
 #pragma omp parallel num_threads(tiled ? tiled_team(rows, K) : omp_get_max_threads())
     {
         if (g.copied()) {
@@ -1424,7 +1441,7 @@ void grad_input(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows
 // tiled pass) 0.81-0.85; with 8, 16 and 64 segments 0.67-0.85 (one run). For n = 3 to 5 a joint pass over
 // the n - 1 difference rows measured 0.69-1.38 (benchmarks/README.md): other n run the two passes one after the other.
 template <typename T>
-void grad_both(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
+void grad_both(const T* x, const T* W, Grad<T> dy, T* dW, T* dx, T* dxT, int64_t rows, int I, int O, int n, int s,
                int stride, int K) {
     if (n == 2) {
         bucketed_backward<T, true>(x, W, dy, dW, dx, dxT, rows, I, O, n, s, stride, K);
@@ -1597,14 +1614,14 @@ void code_grad_any(const int64_t* start, const int64_t* sample, const T* dy, int
 // `benchmarks/kernel_ab.py --base 608fab2`), and less at every batch size tried (1-1024), so it serves every
 // call.
 template <typename T>
-void codes_grad_weight(const uint8_t* codes, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,
+void codes_grad_weight(const uint8_t* codes, Grad<T> dy, T* dW, int64_t rows, int I, int O, int n, int s,
                        int stride, int K) {
     constexpr int VL = Vec<T, 64>::width;
     const CodePlaces<T> at(n, s, stride);
     const int ld = padded_width<T>(O);
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), 16);
-    Padded<T> g(const_cast<T*>(dy), rows, O);
+    Padded<T> g(const_cast<T*>(dy.data), rows, O, dy.contiguous(O));
 #pragma omp parallel
     {
         if (g.copied()) {
@@ -1725,27 +1742,29 @@ extern "C" {
 // the torch thread budget.
 // Every pass takes x [rows, I] and works on it transposed (xt [I, rows], scratch), keeping one input's buckets
 // per thread. dL/dx's transposed result dxT [I, rows] is caller-provided (so that torch sees and accounts for
-// that memory).
+// that memory). The passes that read dL/dy take its row and column strides after the pointers (Grad).
 #define LANGINTERP_EXPORT(T, SUFFIX)                                                                         \
     void forward_##SUFFIX(const T* x, const T* W, T* y, int64_t rows, int I, int O, int n, int s,            \
                           int stride, int K, int threads) {                                                 \
         ThreadsFor team(threads);                                                                           \
         forward<T>(x, W, y, rows, I, O, n, s, stride, K);                                                   \
     }                                                                                                       \
-    void grad_weight_##SUFFIX(const T* x, const T* dy, T* dW, int64_t rows, int I, int O, int n, int s,      \
-                              int stride, int K, int threads) {                                             \
+    void grad_weight_##SUFFIX(const T* x, const T* dy, T* dW, int64_t dy_row, int64_t dy_col, int64_t rows,  \
+                              int I, int O, int n, int s, int stride, int K, int threads) {                 \
         ThreadsFor team(threads);                                                                           \
-        grad_weight<T>(x, dy, dW, rows, I, O, n, s, stride, K);                                             \
+        grad_weight<T>(x, {dy, dy_row, dy_col}, dW, rows, I, O, n, s, stride, K);                           \
     }                                                                                                       \
-    void grad_input_##SUFFIX(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t rows, int I, int O,  \
-                             int n, int s, int stride, int K, int threads) {                                \
+    void grad_input_##SUFFIX(const T* x, const T* W, const T* dy, T* dx, T* dxT, int64_t dy_row,              \
+                             int64_t dy_col, int64_t rows, int I, int O, int n, int s, int stride, int K,   \
+                             int threads) {                                                                 \
         ThreadsFor team(threads);                                                                           \
-        grad_input<T>(x, W, dy, dx, dxT, rows, I, O, n, s, stride, K);                                      \
+        grad_input<T>(x, W, {dy, dy_row, dy_col}, dx, dxT, rows, I, O, n, s, stride, K);                    \
     }                                                                                                       \
-    void grad_both_##SUFFIX(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t rows, int I,   \
-                            int O, int n, int s, int stride, int K, int threads) {                          \
+    void grad_both_##SUFFIX(const T* x, const T* W, const T* dy, T* dW, T* dx, T* dxT, int64_t dy_row,        \
+                            int64_t dy_col, int64_t rows, int I, int O, int n, int s, int stride, int K,    \
+                            int threads) {                                                                  \
         ThreadsFor team(threads);                                                                           \
-        grad_both<T>(x, W, dy, dW, dx, dxT, rows, I, O, n, s, stride, K);                                   \
+        grad_both<T>(x, W, {dy, dy_row, dy_col}, dW, dx, dxT, rows, I, O, n, s, stride, K);                 \
     }
 
 #define LANGINTERP_EXPORT_DENSE(T, SUFFIX)                                                                   \
@@ -1766,10 +1785,11 @@ extern "C" {
         ThreadsFor team(threads);                                                                           \
         codes_forward<T>(codes, W, table, y, rows, I, O, n, s, stride, K);                                  \
     }                                                                                                       \
-    void codes_grad_weight_##SUFFIX(const uint8_t* codes, const T* dy, T* dW, int64_t rows, int I, int O,    \
-                                    int n, int s, int stride, int K, int threads) {                         \
+    void codes_grad_weight_##SUFFIX(const uint8_t* codes, const T* dy, T* dW, int64_t dy_row,                \
+                                    int64_t dy_col, int64_t rows, int I, int O, int n, int s, int stride,   \
+                                    int K, int threads) {                                                   \
         ThreadsFor team(threads);                                                                           \
-        codes_grad_weight<T>(codes, dy, dW, rows, I, O, n, s, stride, K);                                   \
+        codes_grad_weight<T>(codes, {dy, dy_row, dy_col}, dW, rows, I, O, n, s, stride, K);                 \
     }
 
 LANGINTERP_EXPORT_CODES(float, f32)

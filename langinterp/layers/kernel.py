@@ -70,20 +70,21 @@ SOURCE = Path(__file__).with_name("kernel.cpp")
 DTYPES = native.DTYPES
 
 
-def _arguments(pointers: int, sizes: int) -> list[type]:
-    """Tensors first, then the row count (int64), then `sizes` ints."""
-    return [ctypes.c_void_p] * pointers + [ctypes.c_int64] + [ctypes.c_int] * sizes
+def _arguments(pointers: int, sizes: int, grad: bool = False) -> list[type]:
+    """Tensors first, then for a pass that reads dL/dy its two strides (int64), then the row count (int64),
+    then `sizes` ints."""
+    return [ctypes.c_void_p] * pointers + [ctypes.c_int64] * (3 if grad else 1) + [ctypes.c_int] * sizes
 
 
 SIGNATURES = {
     "forward": _arguments(3, 7),
-    "grad_weight": _arguments(3, 7),
-    "grad_input": _arguments(5, 7),
-    "grad_both": _arguments(6, 7),
+    "grad_weight": _arguments(3, 7, grad=True),
+    "grad_input": _arguments(5, 7, grad=True),
+    "grad_both": _arguments(6, 7, grad=True),
     "dense_basis": _arguments(2, 7),
     "dense_grad_input": _arguments(3, 7),
     "codes_forward": _arguments(4, 7),
-    "codes_grad_weight": _arguments(3, 7),
+    "codes_grad_weight": _arguments(3, 7, grad=True),
 }
 
 
@@ -125,14 +126,15 @@ def _call(
     segments: int,
     step: int,
     library: ctypes.CDLL | None = None,
+    strides: tuple[int, ...] = (),
 ):
     """Run kernel ``name`` on ``tensors`` (x first, [rows, in]: every kernel transposes it itself to work
     input by input, faster than x.t().contiguous(), kernel.cpp's transpose_rows) and, for dL/dx, a transposed
     result buffer that torch allocates so that it sees that memory. ``library``: another build of kernel.cpp
-    (benchmarks/kernel_ab.py), else this process's."""
+    (benchmarks/kernel_ab.py), else this process's; ``strides``: dL/dy's, for the passes that read it."""
     if name in ("grad_input", "grad_both"):
         tensors = [*tensors, x.new_empty(weight.shape[0], x.shape[0])]
-    _invoke(name, tensors, x.shape[0], weight, n, segments, step, library)
+    _invoke(name, tensors, x.shape[0], weight, n, segments, step, library, strides)
 
 
 def _invoke(
@@ -144,12 +146,14 @@ def _invoke(
     segments: int,
     step: int,
     library: ctypes.CDLL | None = None,
+    strides: tuple[int, ...] = (),
 ):
-    """Call kernel ``name`` on ``tensors`` as they are, with the layer's sizes and a thread count."""
+    """Call kernel ``name`` on ``tensors`` as they are, with dL/dy's ``strides`` (for the passes that read
+    it), the layer's sizes and a thread count."""
     inputs, K, outputs = weight.shape
     function = getattr(library or _library(), f"{name}_{DTYPES[weight.dtype]}")
     threads = _threads(rows * inputs * n * outputs)
-    function(*[t.data_ptr() for t in tensors], rows, inputs, outputs, n, segments, step, K, threads)
+    function(*[t.data_ptr() for t in tensors], *strides, rows, inputs, outputs, n, segments, step, K, threads)
 
 
 def run_pass(
@@ -164,17 +168,19 @@ def run_pass(
 ) -> Tensor:
     """Kernel pass ``name`` into a new result: ``forward`` (y), ``grad_weight`` (dL/dW: the kernel writes
     every entry, and ``weight`` supplies only its shape) or ``grad_input`` (dL/dx); ``grad`` is dL/dy for the
-    two backward passes. Contiguous tensors; ``library`` as in _call."""
+    two backward passes, with any strides (a sum's, one value broadcast, goes in as it is). The other tensors
+    contiguous; ``library`` as in _call."""
     if name == "forward":
         result = x.new_empty(x.shape[0], weight.shape[2])
-        tensors = [x, weight, result]
-    elif name == "grad_weight":
+        _call(name, [x, weight, result], x, weight, n, segments, step, library)
+        return result
+    if name == "grad_weight":
         result = torch.empty_like(weight, memory_format=torch.contiguous_format)
         tensors = [x, grad, result]
     else:
         result = torch.empty_like(x)
         tensors = [x, weight, grad, result]
-    _call(name, tensors, x, weight, n, segments, step, library)
+    _call(name, tensors, x, weight, n, segments, step, library, grad.stride())
     return result
 
 
@@ -188,11 +194,12 @@ def run_grad_both(
     library: ctypes.CDLL | None = None,
 ) -> tuple[Tensor, Tensor]:
     """dL/dx and dL/dW of one backward pass in one call (kernel.cpp's grad_both: at n = 2 one pass over the
-    buckets, reading each row of dL/dy once for both; other n the two passes). Contiguous tensors;
-    ``library`` as in _call."""
+    buckets, reading each row of dL/dy once for both; other n the two passes). ``grad`` with any strides,
+    the other tensors contiguous; ``library`` as in _call."""
     grad_x = torch.empty_like(x)
     grad_w = torch.empty_like(weight, memory_format=torch.contiguous_format)
-    _call("grad_both", [x, weight, grad, grad_w, grad_x], x, weight, n, segments, step, library)
+    tensors = [x, weight, grad, grad_w, grad_x]
+    _call("grad_both", tensors, x, weight, n, segments, step, library, grad.stride())
     return grad_x, grad_w
 
 
@@ -213,7 +220,7 @@ def _piecewise_grad_weight(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight; ``weight`` supplies only the shape (the gradient is linear in phi)."""
-    return run_pass("grad_weight", x.contiguous(), weight, grad.contiguous(), n, segments, step)
+    return run_pass("grad_weight", x.contiguous(), weight, grad, n, segments, step)
 
 
 piecewise_grad_weight = torch.library.custom_op(
@@ -230,7 +237,7 @@ def _piecewise_grad_input(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dx = segments * sum_k phi_k'(t) <weight row, grad>."""
-    return run_pass("grad_input", x.contiguous(), weight.contiguous(), grad.contiguous(), n, segments, step)
+    return run_pass("grad_input", x.contiguous(), weight.contiguous(), grad, n, segments, step)
 
 
 piecewise_grad_input = torch.library.custom_op(
@@ -247,7 +254,7 @@ def _piecewise_grads(
     x: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> tuple[Tensor, Tensor]:
     """(dL/dx, dL/dweight) together, for a backward pass that wants both."""
-    return run_grad_both(x.contiguous(), weight.contiguous(), grad.contiguous(), n, segments, step)
+    return run_grad_both(x.contiguous(), weight.contiguous(), grad, n, segments, step)
 
 
 piecewise_grads = torch.library.custom_op("langinterp::piecewise_grads", _piecewise_grads, mutates_args=())
@@ -294,15 +301,15 @@ def run_codes_pass(
     library: ctypes.CDLL | None = None,
 ) -> Tensor:
     """Pass ``name`` of the layer over character codes into a new result: ``codes_forward`` (y) or
-    ``codes_grad_weight`` (dL/dW, every entry written; ``grad`` is dL/dy). codes: uint8 [rows, in], 0..127;
-    contiguous tensors; ``library`` as in _call."""
+    ``codes_grad_weight`` (dL/dW, every entry written; ``grad`` is dL/dy, with any strides). codes: uint8
+    [rows, in], 0..127; the other tensors contiguous; ``library`` as in _call."""
     if name == "codes_forward":
         result = weight.new_empty(codes.shape[0], weight.shape[2])
         tensors = [codes, weight, codes_table(codes, weight), result]
-    else:
-        result = torch.empty_like(weight, memory_format=torch.contiguous_format)
-        tensors = [codes, grad, result]
-    _invoke(name, tensors, codes.shape[0], weight, n, segments, step, library)
+        _invoke(name, tensors, codes.shape[0], weight, n, segments, step, library)
+        return result
+    result = torch.empty_like(weight, memory_format=torch.contiguous_format)
+    _invoke(name, [codes, grad, result], codes.shape[0], weight, n, segments, step, library, grad.stride())
     return result
 
 
@@ -324,9 +331,7 @@ def _character_lookup_grad_weight(
     codes: Tensor, grad: Tensor, weight: Tensor, n: int, segments: int, step: int
 ) -> Tensor:
     """dL/dweight of character_lookup; ``weight`` supplies only the shape."""
-    return run_codes_pass(
-        "codes_grad_weight", codes.contiguous(), weight, grad.contiguous(), n, segments, step
-    )
+    return run_codes_pass("codes_grad_weight", codes.contiguous(), weight, grad, n, segments, step)
 
 
 character_lookup_grad_weight = torch.library.custom_op(
@@ -430,14 +435,18 @@ def setup_context(ctx, inputs, output) -> None:
     ctx.shape = (n, segments, step)
 
 
-def backward_with(grad_input, grad_weight, grads=None):
+def backward_with(grad_input, grad_weight, grads=None, any_strides=False):
     """The backward formula of a piecewise op from its two gradient ops (shared with triton_ops.py);
     ``grad_input`` None for an op whose first input is integer codes, which has no gradient; ``grads``, if
-    given, an op computing both at once, called when both are wanted."""
+    given, an op computing both at once, called when both are wanted; ``any_strides``: the ops take dL/dy
+    with any strides (the C++ kernel's), else it is made contiguous first."""
 
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grad = grad.contiguous()  # once for both ops: a broadcast dL/dy (of a sum) would be copied by each
+        if not any_strides:
+            grad = (
+                grad.contiguous()
+            )  # once for both ops: a broadcast dL/dy (of a sum) would be copied by each
         wanted = grad_input is not None and ctx.needs_input_grad[0]
         if wanted and ctx.needs_input_grad[1] and grads is not None:
             return *grads(x, grad, weight, *ctx.shape), None, None, None
@@ -449,11 +458,12 @@ def backward_with(grad_input, grad_weight, grads=None):
 
 
 piecewise.register_autograd(
-    backward_with(piecewise_grad_input, piecewise_grad_weight, piecewise_grads), setup_context=setup_context
+    backward_with(piecewise_grad_input, piecewise_grad_weight, piecewise_grads, any_strides=True),
+    setup_context=setup_context,
 )
 
 character_lookup.register_autograd(
-    backward_with(None, character_lookup_grad_weight), setup_context=setup_context
+    backward_with(None, character_lookup_grad_weight, any_strides=True), setup_context=setup_context
 )
 
 # What the layers call: these ops while torch.compile traces, else their bodies under a plain
@@ -462,10 +472,13 @@ apply_piecewise = eager_or_op(
     piecewise,
     _piecewise,
     setup_context,
-    backward_with(_piecewise_grad_input, _piecewise_grad_weight, _piecewise_grads),
+    backward_with(_piecewise_grad_input, _piecewise_grad_weight, _piecewise_grads, any_strides=True),
 )
 apply_character_lookup = eager_or_op(
-    character_lookup, _character_lookup, setup_context, backward_with(None, _character_lookup_grad_weight)
+    character_lookup,
+    _character_lookup,
+    setup_context,
+    backward_with(None, _character_lookup_grad_weight, any_strides=True),
 )
 apply_piecewise_basis = eager_or_op(
     piecewise_basis, _piecewise_basis, basis_setup_context, basis_backward_with(_piecewise_basis_grad)
