@@ -996,6 +996,33 @@ def test_kernel_passes_read_dl_dy_with_any_strides(n, s, outputs, dtype):
 
 
 @pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
+@pytest.mark.parametrize(("n", "s", "outputs"), [(2, 128, 250), (3, 8, 250), (5, 2, 200)])
+def test_kernel_weight_gradient_block_by_block(n, s, outputs):
+    # Past 512 KiB of dL/dy (700 rows), in rows of more than one block, dL/dW alone takes the blocks outermost
+    # over a block-major copy of dL/dy (kernel.cpp, by_blocks): the dense basis's sums, the same bits with one
+    # thread and with two, from a broadcast or transposed dL/dy as from its contiguous copy.
+    torch.manual_seed(0)
+    K, step = weights_per_link("continuous", n, s), stride("continuous", n)
+    x = torch.rand(700, 6, dtype=torch.float64) * 2.2 - 1.1
+    weight = torch.randn(6, K, outputs, dtype=torch.float64)
+    before = torch.get_num_threads()
+    for grad in (
+        torch.randn(700, outputs, dtype=torch.float64),
+        torch.tensor(0.3, dtype=torch.float64).expand(700, outputs),
+        torch.randn(outputs, 700, dtype=torch.float64).t(),
+    ):
+        expected = (layer_kernel.piecewise_basis(x, K, n, s, step).T @ grad).reshape(weight.shape)
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(layer_kernel.run_pass("grad_weight", x, weight, grad, n, s, step))
+        torch.set_num_threads(before)
+        plain = layer_kernel.run_pass("grad_weight", x, weight, grad.contiguous(), n, s, step)
+        assert relative_error(results[0], expected) <= 1e-12
+        assert torch.equal(results[0], results[1]) and torch.equal(results[0], plain)
+
+
+@pytest.mark.skipif(not layer_kernel.available(), reason="no C++ compiler")
 @pytest.mark.parametrize("codes", [False, True])
 def test_kernel_layers_take_the_broadcast_gradient_of_a_sum_as_it_is(codes):
     torch.manual_seed(0)

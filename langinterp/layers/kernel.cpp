@@ -17,7 +17,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -199,17 +201,22 @@ struct Padded {
     bool copied() const { return scratch != nullptr; }
 };
 
+// `count` elements `col` apart from `from` on into `to`.
+template <typename T>
+inline void copy_columns(const T* from, int64_t col, T* to, int count) {
+    if (col == 1)
+        for (int c = 0; c < count; ++c) to[c] = from[c];
+    else if (col == 0)  // a broadcast row: one value, filled in vectors
+        for (int c = 0; c < count; ++c) to[c] = from[0];
+    else
+        for (int c = 0; c < count; ++c) to[c] = from[c * col];
+}
+
 // Rows r0..r1 of src into dst [rows, ld], zeros in the padding; and back.
 template <typename T>
 void pad_rows(Grad<T> src, T* dst, int64_t r0, int64_t r1, int O, int ld) {
     for (int64_t r = r0; r < r1; ++r) {
-        const T* from = src.data + r * src.row;
-        if (src.col == 1)
-            for (int c = 0; c < O; ++c) dst[r * ld + c] = from[c];
-        else if (src.col == 0)  // a broadcast row: one value, filled in vectors
-            for (int c = 0; c < O; ++c) dst[r * ld + c] = from[0];
-        else
-            for (int c = 0; c < O; ++c) dst[r * ld + c] = from[c * src.col];
+        copy_columns(src.data + r * src.row, src.col, dst + r * ld, O);
         for (int c = O; c < ld; ++c) dst[r * ld + c] = 0;
     }
 }
@@ -421,6 +428,20 @@ int plan_blocks(int ld, Block* blocks, int widest) {
     return count;
 }
 
+// Row r of src into a block-major copy of it: block b's columns of every row together, [rows][b.nv vectors] from
+// dst + rows * b.c0 on, zeros past O.
+template <typename T>
+void block_rows(Grad<T> src, T* dst, int64_t r, int64_t rows, int O, const Block* blocks, int count) {
+    constexpr int VL = Vec<T, 64>::width;
+    const T* from = src.data + r * src.row;
+    for (int bi = 0; bi < count; ++bi) {
+        const int c0 = blocks[bi].c0, width = blocks[bi].nv * VL, stop = O - c0 < width ? O - c0 : width;
+        T* to = dst + rows * c0 + r * width;
+        copy_columns(from + c0 * src.col, src.col, to, stop);
+        for (int c = stop; c < width; ++c) to[c] = 0;
+    }
+}
+
 // A counting sort of rows 0 .. rows - 1 into `count` groups by key(r), stable in row order: group j holds
 // positions start[j] .. start[j + 1], and place(p, r) puts row r at position p. Stable, so every sum over a
 // group is taken in an order that depends on neither the thread count nor the schedule.
@@ -559,7 +580,7 @@ void grad_weight_block(const Buckets<T>& bk, const T* dy, int ld, int O, Block b
             }
         for (int64_t p = p0; p < p1; ++p) {
             const int64_t r = bk.sample[p];
-            const V* g = reinterpret_cast<const V*>(dy + r * ld + b.c0);
+            const V* g = reinterpret_cast<const V*>(dy + r * ld);
             V gv[NV];
             for (int v = 0; v < NV; ++v) gv[v] = g[v];
             if constexpr (Sum)
@@ -611,6 +632,20 @@ void grad_weight_any(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, 
     }
 }
 
+// grad_weight_any for n nodes: compiled for 1 to 5, any other n at run time.
+template <typename T>
+void grad_weight_nodes(const Buckets<T>& bk, const T* dy, int ld, int O, Block b, int n, int s, int stride, T* dW_i,
+                       T* carry, bool stream) {
+    switch (n) {
+        case 1: grad_weight_any<T, 1>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); break;
+        case 2: grad_weight_any<T, 2>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); break;
+        case 3: grad_weight_any<T, 3>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); break;
+        case 4: grad_weight_any<T, 4>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); break;
+        case 5: grad_weight_any<T, 5>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream); break;
+        default: grad_weight_any<T, 0>(bk, dy, ld, O, b, n, s, stride, dW_i, carry, stream);
+    }
+}
+
 // Register blocks per node count: the n rows of nv vectors held in registers (dL/dW's sums, the bucketed
 // forward pass's weights) and the row streaming past them fit the 32 registers. n = 3 takes 8 vectors
 // (3 * 8 + 8): half the passes over each bucket of 4. With the sort's copies of the basis values unrolled
@@ -641,6 +676,25 @@ inline int input_band(int I, int threads) {
     return share < 1 ? 1 : (share < line ? share : line);
 }
 
+// dL/dW of one block of columns at a time reads, for each input, every row's part of dL/dy. In a table of rows of
+// more than one block (250 floats: two of 8 vectors), the parts of one block lie 1 KiB apart and fall into half
+// of L2's sets, which then cannot hold them from one input to the next: dL/dy came from L3 for every input. So
+// dL/dW alone, where dL/dy is larger than kBlockedBytes and each block's part fits in it, copies dL/dy
+// block-major (each block's columns of every row together: block_rows) and takes the blocks outermost, each
+// over every input of the band, sorted first (one Buckets per input), so that the block stays in L2 across
+// the inputs. The same sums in the same order. By `benchmarks/kernel_ab.py` (batch 1024, two runs): dL/dW of
+// the input layer over reals 0.87-0.92 of its time with one thread and 0.93-0.99 with two, of 250 inputs and
+// outputs 0.89-0.92 at n = 3, 0.96-0.97 at n = 5, 0.92-0.94 at n = 2 with 32 segments; both gradients at n = 3
+// 0.94-0.97. Blocks of 4 vectors instead of 8 measured the same (one run). In the input layer over reals'
+// training step (`benchmarks/step_ab.py`, three runs) 0.97-0.99 of its time with one thread, 0.99-1.10 with two.
+constexpr int64_t kBlockedBytes = 512 * 1024;
+
+template <typename T>
+inline bool by_blocks(int64_t rows, int ld, int widest) {
+    return ld > widest * Vec<T, 64>::width && rows * ld * int64_t(sizeof(T)) > kBlockedBytes &&
+           rows * widest * 64 <= kBlockedBytes;
+}
+
 // dL/dW, and with Dots (n = 2, grad_both) dL/dx into dxT [I, rows] and then dx. Threads own disjoint bands of inputs
 // (input_band), hence disjoint slices of dW (and rows of dxT, columns of dx): no atomics, and sums that do not depend
 // on the number of threads. Every entry is written (grad_weight_block), so dW need not be zeroed first.
@@ -656,39 +710,53 @@ void bucketed_backward(const T* x, const T* W, Grad<T> dy, T* dW, T* dx, T* dxT,
     std::unique_ptr<Block[]> blocks(new Block[ld / VL]);
     const int count = plan_blocks<T>(ld, blocks.get(), max_vectors(n));
     const bool stream = stream_rows(dW, int64_t(I) * K * O * sizeof(T), O, VL);
-    Padded<T> g(const_cast<T*>(dy.data), rows, O, dy.contiguous(O));
+    const bool blocked = !Dots && by_blocks<T>(rows, ld, max_vectors(n));
+    const Aligned<T> columns = aligned_scratch<T>(blocked ? rows * ld : 0);  // block-major dL/dy
+    std::optional<Padded<T>> g;  // else dL/dy in rows of ld
+    if (!blocked) g.emplace(const_cast<T*>(dy.data), rows, O, dy.contiguous(O));
 #pragma omp parallel
     {
-        if (g.copied()) {
+        if (blocked) {
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g.rows, r, r + 1, O, ld);
+            for (int64_t r = 0; r < rows; ++r) block_rows(dy, columns.get(), r, rows, O, blocks.get(), count);
+        } else if (g->copied()) {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g->rows, r, r + 1, O, ld);
         }
         Buckets<T> bk(rows, n, s, stride);
         const Aligned<T> carry = aligned_scratch<T>(ld);
         const Aligned<T> dot_scratch = aligned_scratch<T>(Dots ? rows * VL : 0);
         V* dots = reinterpret_cast<V*>(dot_scratch.get());
         const int band = input_band<T>(I, omp_get_num_threads());
+        std::vector<Buckets<T>> held;  // blocked: each input of the band sorted
+        if (blocked) {
+            held.reserve(band);
+            for (int e = 0; e < band; ++e) held.emplace_back(rows, n, s, stride);
+        }
 #pragma omp for schedule(dynamic, 1)
         for (int i0 = 0; i0 < I; i0 += band) {
             const int i1 = I - i0 < band ? I : i0 + band;
             transpose_rows<true>(x, xt, rows, I, 0, rows, i0, i1);
+            if (blocked) {
+                for (int i = i0; i < i1; ++i) held[i - i0].fill(basis, xt + int64_t(i) * rows, false);
+                for (int bi = 0; bi < count; ++bi)
+                    for (int i = i0; i < i1; ++i)
+                        grad_weight_nodes(held[i - i0], columns.get() + rows * blocks[bi].c0, blocks[bi].nv * VL, O,
+                                          blocks[bi], n, s, stride, dW + int64_t(i) * K * O, carry.get() + blocks[bi].c0,
+                                          stream);
+                continue;
+            }
             for (int i = i0; i < i1; ++i) {
                 bk.fill(basis, xt + int64_t(i) * rows, Dots);
                 T* dW_i = dW + int64_t(i) * K * O;
                 for (int bi = 0; bi < count; ++bi) {
                     T* c = carry.get() + blocks[bi].c0;
+                    const T* part = g->rows + blocks[bi].c0;
                     if constexpr (Dots)
-                        grad_weight_any<T, 2, true>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream,
+                        grad_weight_any<T, 2, true>(bk, part, ld, O, blocks[bi], n, s, stride, dW_i, c, stream,
                                                     W + int64_t(i) * K * O, dots, bi == 0);
                     else
-                        switch (n) {
-                            case 1: grad_weight_any<T, 1>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                            case 2: grad_weight_any<T, 2>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                            case 3: grad_weight_any<T, 3>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                            case 4: grad_weight_any<T, 4>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                            case 5: grad_weight_any<T, 5>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream); break;
-                            default: grad_weight_any<T, 0>(bk, g.rows, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
-                        }
+                        grad_weight_nodes(bk, part, ld, O, blocks[bi], n, s, stride, dW_i, c, stream);
                 }
                 if constexpr (Dots) {
                     // dx = dphi_1 <D, dy> (dphi_1 = -dphi_0, grad_input), a vector's worth of samples at a time.
