@@ -186,8 +186,9 @@ struct Grad {
     bool contiguous(int O) const { return col == 1 && row == O; }
 };
 
-// A [count, ld] matrix standing for `data` [count, O]: `data` itself when its rows are aligned, else an
-// aligned scratch matrix (which the caller fills or reads back with pad_rows / unpad_rows).
+// A [count, ld] matrix standing for `data` [count, O]: `data` itself when it is laid out so (`contiguous`, as the
+// caller knows from its strides, and its rows aligned), else an aligned scratch matrix (which the caller fills
+// or reads back with pad_rows / unpad_rows).
 template <typename T>
 struct Padded {
     Aligned<T> scratch;
@@ -723,7 +724,7 @@ void bucketed_backward(const T* x, const T* W, Grad<T> dy, T* dW, T* dx, T* dxT,
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; ++r) pad_rows(dy, g->rows, r, r + 1, O, ld);
         }
-        Buckets<T> bk(rows, n, s, stride);
+        Buckets<T> bk(blocked ? 0 : rows, n, s, stride);  // blocked: `held` instead
         const Aligned<T> carry = aligned_scratch<T>(ld);
         const Aligned<T> dot_scratch = aligned_scratch<T>(Dots ? rows * VL : 0);
         V* dots = reinterpret_cast<V*>(dot_scratch.get());
