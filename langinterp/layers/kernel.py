@@ -15,7 +15,9 @@ memory do not grow with the number of segments. Four ways, chosen per call:
   L1 (at n = 2 one dot product with the difference of the two rows). A backward pass that wants both
   gradients at n = 2 takes them in one pass over the buckets (``grad_both``), which sorts once and reads
   each row of dL/dy once for both: 0.62-0.85 of the time of the two passes at batch 1024
-  (benchmarks/README.md).
+  (benchmarks/README.md). dL/dW alone over a dL/dy of more than 512 KiB and more than one block of
+  columns takes the blocks outermost, from a copy of dL/dy laid out block by block, so that a block stays
+  in L2 from one input to the next (kernel.cpp, by_blocks).
 - tiled (forward and the other dL/dx, of batches of at least K rows): a slice of the table (a few inputs,
   one block of output columns; for dL/dx each segment's n - 1 differences of rows) is copied out (every
   block's slice of those inputs in one pass over their rows, in order) and, held in L1, the samples stream
