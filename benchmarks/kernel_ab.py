@@ -119,8 +119,8 @@ def pointers(name: str) -> int:
 
 
 def grad_passes() -> list[str]:
-    """The entry points that read dL/dy and, since then, take its strides."""
-    return [name for name in kernel.SIGNATURES if "grad" in name and name != "dense_grad_input"]
+    """The entry points that read dL/dy and, since then, take its strides (two more int64 arguments)."""
+    return [name for name, types in kernel.SIGNATURES.items() if types.count(ctypes.c_int64) == 3]
 
 
 class WithoutGradStrides:

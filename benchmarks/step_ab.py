@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 import torch
-from layers import BATCH, CASES, markdown, pass_of, save
+from layers import BATCH, CASES, layer_and_input, markdown, pass_of, save
 from torch import nn
 
-import langinterp.layers as work_layers
 from langinterp.heap import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,14 +71,11 @@ def measure(base_layers, case: tuple, threads: int, turns: int) -> dict:
     name, inputs, outputs, n, segments = case
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    work, x = layer_and_input(case, "cpu")  # the working tree's layer, and its input as layers.py makes it
     base = build(base_layers, case)
-    work = build(work_layers, case)
-    work.load_state_dict(base.state_dict())
+    base.load_state_dict(work.state_dict())
     hidden = name == "hidden"
-    if name == "input codes":
-        x = torch.randint(0, 128, (BATCH, inputs))
-    else:
-        x = (torch.rand(BATCH, inputs) * 2 - 1).requires_grad_(hidden)
+    x.requires_grad_(hidden)
     wide = torch.randn(BATCH, inputs * n, requires_grad=hidden)
     linear = pass_of(nn.Linear(inputs * n, outputs, bias=False), wide)
     steps = {"base": pass_of(base, x), "work": pass_of(work, x)}

@@ -435,11 +435,10 @@ def test_step_ab_renames_the_copy_of_the_package_and_nothing_else():
 def test_step_ab_times_the_committed_layers_beside_the_working_trees(tmp_path):
     base = step_ab.base_package("HEAD", tmp_path)
     case = ("input real", 5, 4, 2, 16)
-    ours, theirs = step_ab.build(base, case), step_ab.build(step_ab.work_layers, case)
-    assert type(ours) is not type(theirs) and type(ours).__module__.startswith("langinterp_base.")
-    theirs.load_state_dict(ours.state_dict())
-    x = torch.rand(64, 5) * 2 - 1
-    torch.testing.assert_close(ours(x), theirs(x))
+    committed, (tree, x) = step_ab.build(base, case), step_ab.layer_and_input(case, "cpu")
+    assert type(committed) is not type(tree) and type(committed).__module__.startswith("langinterp_base.")
+    committed.load_state_dict(tree.state_dict())
+    torch.testing.assert_close(committed(x), tree(x))
     before = torch.get_num_threads()
     row = step_ab.measure(base, case, threads=1, turns=2)
     torch.set_num_threads(before)
