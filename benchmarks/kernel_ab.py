@@ -123,6 +123,15 @@ def grad_passes() -> list[str]:
     return [name for name, types in kernel.SIGNATURES.items() if types.count(ctypes.c_int64) == 3]
 
 
+def without_grad_strides(name: str, items: list | tuple) -> list | tuple:
+    """Entry point ``name``'s argument types or arguments without dL/dy's two strides, which follow its
+    pointers (as they were before takes_grad_strides); those of any other entry point as they are."""
+    if name not in grad_passes():
+        return items
+    first = pointers(name)
+    return items[:first] + items[first + 2 :]
+
+
 class WithoutGradStrides:
     """A build from before the passes took dL/dy's strides, called as the working tree's is: their two
     stride arguments dropped on the way in (this script's dL/dy is contiguous, as those passes assumed)."""
@@ -135,8 +144,7 @@ class WithoutGradStrides:
         base = name.rsplit("_", 1)[0]
         if base not in grad_passes():
             return function
-        first = pointers(base)
-        return lambda *arguments: function(*arguments[:first], *arguments[first + 2 :])
+        return lambda *arguments: function(*without_grad_strides(base, arguments))
 
 
 def kernel_pass(library: ctypes.CDLL, transposed: bool) -> Callable[..., torch.Tensor]:
@@ -170,16 +178,8 @@ def entry_points(source: Path) -> dict[str, list[type]]:
     before takes_grad_strides its passes that read dL/dy lack the two strides)."""
     text = source.read_text()
     strided = takes_grad_strides(source)
-
-    def without_strides(name: str, types: list[type]) -> list[type]:
-        return (
-            types
-            if strided or name not in grad_passes()
-            else types[: pointers(name)] + types[pointers(name) + 2 :]
-        )
-
     return {
-        name: without_strides(name, types)
+        name: types if strided else without_grad_strides(name, types)
         for name, types in kernel.SIGNATURES.items()
         if f"void {name}_##SUFFIX(" in text
     }
