@@ -199,9 +199,10 @@ class HighOrderLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # Kept lean: in a training step this Python runs between kernel passes that stream megabytes through
         # the caches, and finds its own code and objects evicted, so each operation here costs several times
-        # its warm time. Fetching the weight once, no .to() of the same dtype and fewer checks on the path
-        # (with eager.py's and kernel.py's) took the input layer over reals' step to 0.94-0.97 of its time
-        # (benchmarks/step_ab.py, two runs; the other layers with 128 segments 0.96-0.99).
+        # its warm time (measured ad hoc). Fetching the weight once, no .to() of the same dtype and fewer
+        # checks on the path (with eager.py's and kernel.py's) took the input layer over reals' step to
+        # 0.94-0.97 of its time (benchmarks/step_ab.py, two runs; the other layers with 128 segments
+        # 0.96-0.99).
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected inputs [..., {self.in_features}], got {tuple(x.shape)}")
         weight = self.weight
